@@ -1,0 +1,63 @@
+"""pybatchintory: weight-bounded, incremental and backfill batches of data items for
+processing jobs, with an inventory of which job processed which item, when, and how.
+
+Async: :class:`Inventory` and :class:`Batch`. Sync: :class:`SyncInventory`,
+:class:`SyncBatch`, and the process-wide :func:`acquire_batch`, :func:`acquire_batches`
+and :func:`configure`. Errors: :mod:`pybatchintory.exceptions`.
+"""
+
+import logging
+
+from .batch import Batch
+from .config import Settings
+from .exceptions import (
+    BackendError,
+    BatchLostError,
+    BatchStateError,
+    ConfigurationError,
+    InvalidArgumentError,
+    InvalidFilterError,
+    JobSourceMismatchError,
+    PyBatchintoryError,
+    SourceDataError,
+    UnknownColumnError,
+    UnknownTableError,
+)
+from .inventory import Inventory
+from .sync import (
+    SyncBatch,
+    SyncInventory,
+    acquire_batch,
+    acquire_batches,
+    configure,
+    default_inventory,
+)
+
+__version__ = "0.1.0"
+
+# A library configures no logging of its own: the application decides where records go.
+logging.getLogger("pybatchintory").addHandler(logging.NullHandler())
+
+__all__ = [
+    "BackendError",
+    "Batch",
+    "BatchLostError",
+    "BatchStateError",
+    "ConfigurationError",
+    "InvalidArgumentError",
+    "InvalidFilterError",
+    "Inventory",
+    "JobSourceMismatchError",
+    "PyBatchintoryError",
+    "Settings",
+    "SourceDataError",
+    "SyncBatch",
+    "SyncInventory",
+    "UnknownColumnError",
+    "UnknownTableError",
+    "__version__",
+    "acquire_batch",
+    "acquire_batches",
+    "configure",
+    "default_inventory",
+]

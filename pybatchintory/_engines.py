@@ -1,0 +1,190 @@
+"""Engines, the database clock, error wrapping and the retry loop for transient conflicts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ._tables import UtcDateTime
+from .config import Settings, hide_password
+from .exceptions import BackendError, ConfigurationError
+
+__all__ = [
+    "backend_errors",
+    "create_engine",
+    "db_now",
+    "db_now_plus",
+    "read_connection",
+    "retry_transient",
+    "write_transaction",
+]
+
+T = TypeVar("T")
+
+_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+# SQLSTATEs that mean "run the transaction again": serialization failure, deadlock.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+_MAX_TRIES = 10
+
+
+def _async_url(dsn: str) -> URL:
+    try:
+        url = make_url(dsn)
+    except ArgumentError:
+        raise ConfigurationError(f"not a database URL: {hide_password(dsn)}") from None
+    backend = url.get_backend_name()
+    if backend not in _ASYNC_DRIVERS:
+        raise ConfigurationError(
+            f"{hide_password(dsn)}: backend {backend!r} is not supported; "
+            "use postgresql+asyncpg:// or sqlite+aiosqlite://"
+        )
+    driver = _ASYNC_DRIVERS[backend]
+    if url.get_driver_name() != driver:
+        # An async library needs the asyncio driver; a plain postgresql:// or sqlite://
+        # URL is taken to mean it.
+        url = url.set(drivername=f"{backend}+{driver}")
+    return url
+
+
+def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
+    """Create an engine for ``dsn``.
+
+    ``writer`` engines hold the backend tables: on SQLite they use WAL and open every
+    transaction with the mode given in the ``sqlite_begin`` execution option, so that
+    an acquisition takes the write lock before it reads (``BEGIN IMMEDIATE``).
+    """
+    url = _async_url(dsn)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql":
+        kwargs["pool_size"] = settings.pool_size
+        kwargs["max_overflow"] = settings.pool_size
+        kwargs["connect_args"] = {"server_settings": {"application_name": "pybatchintory"}}
+        if writer:
+            kwargs["isolation_level"] = settings.isolation_level
+    try:
+        engine = create_async_engine(url, **kwargs)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigurationError(f"cannot create an engine for {hide_password(dsn)}: {exc}") from None
+    if url.get_backend_name() == "sqlite":
+        _configure_sqlite(engine, settings, writer=writer)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) -> None:
+    busy_ms = int(settings.busy_timeout_seconds * 1000)
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        if writer:
+            # We emit BEGIN ourselves (below); the driver's implicit, deferred BEGIN
+            # would take the write lock only at the first write: too late for a
+            # read-then-write acquisition.
+            dbapi_connection.isolation_level = None
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    if writer:
+
+        @sa.event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that writes: on SQLite it holds the write lock from its start."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+        async with conn.begin():
+            yield conn
+
+
+@asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for short reads; PostgreSQL skips BEGIN/ROLLBACK round trips."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+def db_now(dialect_name: str) -> sa.ColumnElement[datetime]:
+    """The database's clock: leases never depend on a worker's clock."""
+    if dialect_name == "sqlite":
+        # The format SQLAlchemy stores SQLite datetimes in, with microseconds.
+        now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000")
+        return sa.type_coerce(now, UtcDateTime)
+    return sa.type_coerce(sa.func.now(), UtcDateTime)
+
+
+def db_now_plus(dialect_name: str, seconds: float) -> sa.ColumnElement[datetime]:
+    """The database's clock plus ``seconds``."""
+    if dialect_name == "sqlite":
+        later = sa.func.strftime(
+            "%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{float(seconds):+f} seconds")
+        ).concat("000")
+        return sa.type_coerce(later, UtcDateTime)
+    interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(seconds), sa.Double))
+    return sa.type_coerce(sa.func.now() + interval, UtcDateTime)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A conflict that a new attempt of the whole transaction resolves."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    message = str(orig).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+async def retry_transient(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run ``operation`` again after a serialization failure, deadlock or busy SQLite.
+
+    Bounded, with jittered exponential backoff, so that colliding workers spread out.
+    """
+    for attempt in range(_MAX_TRIES):
+        try:
+            return await operation()
+        except DBAPIError as exc:
+            if attempt == _MAX_TRIES - 1 or not is_transient(exc):
+                raise
+        await anyio.sleep(random.uniform(0, min(1.0, 0.005 * 2**attempt)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def describe(exc: SQLAlchemyError) -> str:
+    """The driver's message without SQL text or parameters (they may hold values)."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        return f"{type(orig).__name__}: {orig}".strip()
+    return f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}".strip()
+
+
+@asynccontextmanager
+async def backend_errors(what: str, engine: AsyncEngine) -> AsyncIterator[None]:
+    """Turn a database error into a :class:`BackendError` naming what failed and where."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise BackendError(f"{what} failed on {where}: {describe(exc)}") from exc
+    except OSError as exc:  # connection refused before SQLAlchemy could wrap it
+        where = engine.url.render_as_string(hide_password=True)
+        raise BackendError(f"{what} failed on {where}: {type(exc).__name__}: {exc}") from exc

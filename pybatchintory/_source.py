@@ -1,0 +1,342 @@
+"""Where batches come from: a reflected metadata table, or the batches of an upstream job.
+
+Range planning pages through ``(id, weight)`` in ascending id order with ``LIMIT`` and
+stops at the budget, so an acquisition reads the index range it hands out and no more,
+whatever the size of the table (DESIGN.md invariant 6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Union
+
+import sqlalchemy as sa
+from sqlalchemy.exc import CompileError, NoSuchTableError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ._engines import read_connection
+from ._tables import BackendTables, unfinished
+from .exceptions import InvalidFilterError, SourceDataError, UnknownColumnError, UnknownTableError
+
+__all__ = [
+    "BatchPlan",
+    "Filter",
+    "RangeAccumulator",
+    "Source",
+    "SourceBinding",
+    "job_source",
+    "reflect_table_source",
+]
+
+Filter = Union[
+    Mapping[str, Any],
+    sa.ColumnElement[bool],
+    sa.TextClause,
+    Callable[[sa.Table], Union[sa.ColumnElement[bool], sa.TextClause]],
+    None,
+]
+
+_FIRST_PAGE = 64
+_MAX_PAGE = 8192
+_NO_UPPER = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class SourceBinding:
+    """What a job is bound to: a job never mixes two sources (see JobSourceMismatchError)."""
+
+    kind: str  # 'table' or 'job'
+    name: str
+    id_column: str
+    filter_text: str
+
+    def describe(self) -> str:
+        what = f"{self.kind} {self.name!r} (id column {self.id_column!r}"
+        return what + (f", filter {self.filter_text})" if self.filter_text else ", no filter)")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A contiguous id range chosen for a new batch."""
+
+    range_start: int
+    range_end: int
+    weight: float
+    item_count: int
+
+
+@dataclass
+class RangeAccumulator:
+    """Admit rows in id order while they fit the budget (pure, no I/O).
+
+    The first row is always admitted, however heavy: a soft limit, so that a job can
+    never get stuck behind an item heavier than its budget (DESIGN.md invariant 5).
+    """
+
+    budget: float | None
+    max_items: int | None
+    first_id: int | None = None
+    last_id: int | None = None
+    weight: float = 0.0
+    count: int = 0
+    full: bool = False
+
+    def offer(self, item_id: int, item_weight: Any) -> bool:
+        """Admit the row if it fits; return False (and stay full) once it does not."""
+        if self.full:
+            return False
+        value = _checked_weight(item_id, item_weight)
+        over_budget = self.budget is not None and self.weight + value > self.budget
+        if self.count and over_budget:
+            self.full = True
+            return False
+        if self.first_id is None:
+            self.first_id = item_id
+        self.last_id = item_id
+        self.weight += value
+        self.count += 1
+        at_budget = self.budget is not None and self.weight >= self.budget
+        if at_budget or (self.max_items is not None and self.count >= self.max_items):
+            self.full = True
+        return True
+
+    def plan(self) -> BatchPlan | None:
+        if self.first_id is None or self.last_id is None:
+            return None
+        return BatchPlan(self.first_id, self.last_id, self.weight, self.count)
+
+
+def _checked_weight(item_id: int, item_weight: Any) -> float:
+    if item_weight is None:
+        raise SourceDataError(
+            f"item id {item_id} has a NULL weight; fix the row or exclude it with a filter"
+        )
+    value = float(item_weight) if isinstance(item_weight, (int, float, Decimal)) else math.nan
+    if math.isnan(value) or value < 0:
+        raise SourceDataError(
+            f"item id {item_id} has weight {item_weight!r}; weights must be numbers >= 0"
+        )
+    return value
+
+
+@dataclass
+class Source:
+    """A table (with a filter) that batches are planned over and items are read from."""
+
+    engine: AsyncEngine
+    table: sa.Table | sa.FromClause
+    id_col: sa.ColumnElement[int]
+    weight_col: sa.ColumnElement[Any] | None  # None: every item weighs 1
+    where: sa.ColumnElement[bool]
+    item_cols: Sequence[sa.ColumnElement[Any]]
+    binding: SourceBinding
+    # the last batch's item count, so the first page usually covers the whole batch
+    page_hint: int = field(default=_FIRST_PAGE)
+
+    async def max_id(self) -> int | None:
+        """The highest id in the table now: fixes the upper bound of a run (O(log n))."""
+        # Without the filter: a backward step on the id index, never a scan.
+        async with read_connection(self.engine) as conn:
+            value = await conn.scalar(sa.select(sa.func.max(self.id_col)))
+        return None if value is None else int(value)
+
+    async def plan(
+        self, start: int, upper: int | None, budget: float | None, max_items: int | None
+    ) -> BatchPlan | None:
+        """Choose the next batch: the longest run of matching ids from ``start`` that fits."""
+        acc = RangeAccumulator(budget, max_items)
+        weight = self.weight_col if self.weight_col is not None else sa.literal(1)
+        page = self.page_hint if max_items is None else min(self.page_hint, max_items)
+        page = max(page, 1)
+        async with read_connection(self.engine) as conn:
+            while True:
+                query = (
+                    sa.select(self.id_col, weight)
+                    .where(self.id_col >= start, self.where)
+                    .order_by(self.id_col)
+                    .limit(page)
+                )
+                if upper is not None:
+                    query = query.where(self.id_col <= upper)
+                rows = (await conn.execute(query)).all()
+                for item_id, item_weight in rows:
+                    if not acc.offer(item_id, item_weight):
+                        break
+                if acc.full or len(rows) < page:
+                    break
+                start = rows[-1][0] + 1
+                page = min(page * 2, _MAX_PAGE)
+        planned = acc.plan()
+        if planned is not None:
+            self.page_hint = max(_FIRST_PAGE, min(_MAX_PAGE, planned.item_count + 1))
+        return planned
+
+    def _range_query(self, range_start: int, range_end: int) -> sa.Select[Any]:
+        return (
+            sa.select(*self.item_cols)
+            .where(self.id_col >= range_start, self.id_col <= range_end, self.where)
+            .order_by(self.id_col)
+        )
+
+    async def load(self, range_start: int, range_end: int) -> list[dict[str, Any]]:
+        """All rows of the range, as dicts."""
+        async with read_connection(self.engine) as conn:
+            result = await conn.execute(self._range_query(range_start, range_end))
+            return [dict(row) for row in result.mappings()]
+
+    async def stream(
+        self, range_start: int, range_end: int, chunk_size: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The rows of the range in chunks, through a server-side cursor."""
+        async with self.engine.connect() as conn:
+            result = await conn.stream(
+                self._range_query(range_start, range_end).execution_options(yield_per=chunk_size)
+            )
+            async for chunk in result.mappings().partitions(chunk_size):
+                yield [dict(row) for row in chunk]
+
+
+def _split_name(source_table: str) -> tuple[str | None, str]:
+    schema, _, name = source_table.rpartition(".")
+    return (schema or None), name
+
+
+async def _reflect(conn: AsyncConnection, schema: str | None, name: str) -> sa.Table:
+    def reflect(sync_conn: sa.Connection) -> sa.Table:
+        return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync_conn)
+
+    try:
+        return await conn.run_sync(reflect)
+    except NoSuchTableError:
+        raise UnknownTableError(
+            f"source table {'.'.join(filter(None, (schema, name)))!r} does not exist on the "
+            "metadata database; give it as 'table' or 'schema.table'"
+        ) from None
+
+
+def _column(table: sa.Table, name: str, role: str, kinds: tuple[type, ...]) -> sa.Column[Any]:
+    if name not in table.c:
+        raise UnknownColumnError(
+            f"{role} column {name!r} does not exist in table {table.fullname!r}; "
+            f"its columns are: {', '.join(table.c.keys())}"
+        )
+    column = table.c[name]
+    if not isinstance(column.type, kinds):
+        wanted = "an integer" if kinds == (sa.Integer,) else "a number"
+        raise UnknownColumnError(
+            f"{role} column {name!r} of table {table.fullname!r} has type {column.type}; "
+            f"it must be {wanted}"
+        )
+    return column
+
+
+def build_filter(table: sa.Table, filter: Filter) -> sa.ColumnElement[bool]:
+    """Turn the user's filter into a boolean expression with every value bound."""
+    if filter is None:
+        return sa.true()
+    if isinstance(filter, str):
+        raise InvalidFilterError(
+            "a filter given as a plain string is refused: wrap deliberate SQL in "
+            "sqlalchemy.text(...), or pass a mapping {column: value}"
+        )
+    if isinstance(filter, Mapping):
+        if not filter:
+            return sa.true()
+        clauses = []
+        for name, value in filter.items():
+            if not isinstance(name, str) or name not in table.c:
+                raise UnknownColumnError(
+                    f"filter column {name!r} does not exist in table {table.fullname!r}"
+                )
+            column = table.c[name]
+            if value is None:
+                clauses.append(column.is_(None))
+            elif isinstance(value, (list, tuple, set, frozenset)):
+                # sets sorted, so that the job binding's text is the same in every process
+                values = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+                clauses.append(column.in_(values))
+            else:
+                clauses.append(column == value)
+        return sa.and_(*clauses)
+    if callable(filter) and not isinstance(filter, sa.ClauseElement):
+        return build_filter(table, filter(table))
+    if isinstance(filter, sa.TextClause):
+        return sa.and_(sa.true(), filter)
+    if isinstance(filter, sa.ColumnElement):
+        return filter
+    raise InvalidFilterError(
+        f"a filter of type {type(filter).__name__} is not supported; pass a mapping, "
+        "a SQLAlchemy boolean expression or a callable(table) returning one"
+    )
+
+
+def filter_text(expr: sa.ColumnElement[bool], dialect: sa.Dialect) -> str:
+    """A stable text of the filter, to bind a job to it; '' for no filter."""
+    if isinstance(expr, sa.True_):
+        return ""
+    try:
+        return str(expr.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    except (CompileError, NotImplementedError, TypeError):
+        compiled = expr.compile(dialect=dialect)
+        params = sorted((k, repr(v)) for k, v in compiled.params.items())
+        digest = hashlib.sha256(repr(params).encode()).hexdigest()[:16]
+        return f"{compiled} -- params sha256:{digest}"
+
+
+async def reflect_table_source(
+    engine: AsyncEngine,
+    source_table: str,
+    *,
+    id_column: str,
+    weight_column: str | None,
+    item_columns: Iterable[str] | None,
+    filter: Filter,
+) -> Source:
+    """Reflect ``source_table`` and check every named column and the filter."""
+    schema, name = _split_name(source_table)
+    async with read_connection(engine) as conn:
+        table = await _reflect(conn, schema, name)
+    id_col = _column(table, id_column, "id", (sa.Integer,))
+    weight_col = (
+        None
+        if weight_column is None
+        else _column(table, weight_column, "weight", (sa.Integer, sa.Numeric, sa.Float))
+    )
+    if item_columns is None:
+        items: list[sa.ColumnElement[Any]] = list(table.c)
+    else:
+        items = [_column(table, c, "item", (sa.types.TypeEngine,)) for c in item_columns]
+    where = build_filter(table, filter)
+    binding = SourceBinding("table", table.fullname, id_column, filter_text(where, engine.dialect))
+    return Source(engine, table, id_col, weight_col, where, items, binding)
+
+
+def job_source(engine: AsyncEngine, tables: BackendTables, upstream_job: str) -> Source:
+    """The succeeded batches of ``upstream_job``, up to its frontier.
+
+    The frontier is the upstream's oldest batch that is running or failed: ids are
+    assigned at acquisition, so moving past it would skip it for good. The bound is in
+    the same statement as the page, so both see one snapshot.
+    """
+    b, jobs = tables.batches, tables.jobs
+    generation = (
+        sa.select(jobs.c.generation)
+        .where(jobs.c.job_identifier == upstream_job)
+        .scalar_subquery()
+    )
+    frontier = (
+        sa.select(sa.func.min(b.c.id))
+        .where(b.c.job_identifier == upstream_job, unfinished(b), b.c.generation == generation)
+        .scalar_subquery()
+    )
+    where = sa.and_(
+        b.c.job_identifier == upstream_job,
+        b.c.status == "succeeded",
+        b.c.id < sa.func.coalesce(frontier, _NO_UPPER),
+    )
+    binding = SourceBinding("job", upstream_job, "id", "")
+    return Source(engine, b, b.c.id, b.c.weight, where, list(b.c), binding)

@@ -1,0 +1,132 @@
+"""The backend tables: one row per job, one per batch, one per attempt of a batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+from .config import Settings
+
+__all__ = ["BATCH_STATUSES", "BackendTables", "UtcDateTime", "build_tables", "unfinished"]
+
+BATCH_STATUSES = ("running", "succeeded", "failed")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # a raw SQLite string from an expression
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
+
+
+def _status_type(name: str) -> sa.Enum:
+    return sa.Enum(
+        *BATCH_STATUSES, name=name, native_enum=False, create_constraint=True, length=9
+    )
+
+
+@dataclass(frozen=True)
+class BackendTables:
+    """The three tables, bound to one MetaData."""
+
+    metadata: sa.MetaData
+    jobs: sa.Table
+    batches: sa.Table
+    logs: sa.Table
+
+
+def build_tables(settings: Settings) -> BackendTables:
+    """Describe the backend tables with the names and schema of ``settings``."""
+    md = sa.MetaData(schema=settings.schema_name)
+    b = settings.batches_table
+
+    jobs = sa.Table(
+        settings.jobs_table,
+        md,
+        sa.Column("job_identifier", sa.String(255), primary_key=True),
+        # 'table' (a metadata table) or 'job' (the batches of an upstream job)
+        sa.Column("source_kind", sa.String(8), nullable=False),
+        sa.Column("source", sa.String(512), nullable=False),
+        sa.Column("id_column", sa.String(255), nullable=False),
+        sa.Column("filter_text", sa.Text, nullable=False),
+        # the highest source id this job has taken; NULL before its first batch
+        sa.Column("cursor", sa.BigInteger, nullable=True),
+        # bumped by a reset: ranges are disjoint within one generation of a job
+        sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("updated_at", UtcDateTime, nullable=False),
+    )
+
+    batches = sa.Table(
+        b,
+        md,
+        sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+        sa.Column("job_identifier", sa.String(255), nullable=False),
+        sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("processing_start", UtcDateTime, nullable=False),
+        sa.Column("processing_end", UtcDateTime, nullable=True),
+        sa.Column("range_start", sa.BigInteger, nullable=False),
+        sa.Column("range_end", sa.BigInteger, nullable=False),
+        # double precision: exact for integer byte counts up to 2**53, and fractional MiB
+        sa.Column("weight", sa.Double, nullable=False),
+        sa.Column("item_count", sa.BigInteger, nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("status", _status_type(f"{b}_status"), nullable=False),
+        sa.Column("lease_expires_at", UtcDateTime, nullable=True),
+        sa.Column("worker", sa.String(255), nullable=True),
+        sa.Column("result", sa.JSON, nullable=True),
+        sa.CheckConstraint("range_start <= range_end", name=f"{b}_range_ordered"),
+        sa.Index(f"ix_{b}_job_range", "job_identifier", "range_start"),
+        # Only unfinished batches: the reclaim lookup and the recursion frontier stay
+        # O(log n) however much succeeded history the job has.
+        sa.Index(
+            f"ix_{b}_unfinished",
+            "job_identifier",
+            "id",
+            postgresql_where=sa.text("status <> 'succeeded'"),
+            sqlite_where=sa.text("status <> 'succeeded'"),
+        ),
+    )
+
+    logs = sa.Table(
+        settings.logs_table,
+        md,
+        sa.Column("id", sa.BigInteger, sa.ForeignKey(batches.c.id), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("processing_start", UtcDateTime, nullable=False),
+        sa.Column("processing_end", UtcDateTime, nullable=True),
+        sa.Column("status", _status_type(f"{settings.logs_table}_status"), nullable=False),
+        sa.Column("logging", sa.Text, nullable=True),
+        sa.Column("worker", sa.String(255), nullable=True),
+    )
+    return BackendTables(md, jobs, batches, logs)
+
+
+def unfinished(batches: sa.Table) -> sa.ColumnElement[bool]:
+    """``status <> 'succeeded'`` with the value inline: PostgreSQL uses the partial
+    index only when the query's predicate visibly implies the index's."""
+    return batches.c.status != sa.literal_column("'succeeded'")

@@ -1,0 +1,248 @@
+"""A batch: a contiguous id range of one job, owned by one worker for one attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from ._backend import BatchRecord
+from ._source import Source
+from .exceptions import (
+    BackendError,
+    BatchLostError,
+    BatchStateError,
+    InvalidArgumentError,
+)
+
+if TYPE_CHECKING:
+    from ._backend import Backend
+
+__all__ = ["Batch"]
+
+logger = logging.getLogger("pybatchintory")
+T = TypeVar("T")
+_MAX_LOG_TEXT = 64 * 1024
+
+
+def error_text(exc_or_text: BaseException | str) -> str:
+    """The message and traceback of an exception, or the given text, for the log row."""
+    if isinstance(exc_or_text, BaseException):
+        text = "".join(traceback.format_exception(exc_or_text))
+    else:
+        text = str(exc_or_text)
+    if len(text) > _MAX_LOG_TEXT:  # keep the end: the traceback's last frames matter most
+        text = "…" + text[-_MAX_LOG_TEXT:]
+    return text
+
+
+class Batch:
+    """One attempt at a contiguous range ``[range_start, range_end]`` of a job's source.
+
+    A batch holds ids and a reference to its inventory, never a connection: it may be
+    finished an hour later, from another task. ``async with batch:`` renews the lease
+    while the body runs, then records success, or the failure and re-raises.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        record: BatchRecord,
+        source: Source,
+        lease_seconds: float,
+        items: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self._backend = backend
+        self._source = source
+        self._lease_seconds = lease_seconds
+        self._items = items
+        self._renewal: asyncio.Task[None] | None = None
+        self.id: int = record.id
+        self.job_identifier: str = record.job_identifier
+        self.range_start: int = record.range_start
+        self.range_end: int = record.range_end
+        self.item_count: int = record.item_count
+        self.weight: float = record.weight
+        self.attempt: int = record.attempt
+        self.max_attempts: int = record.max_attempts
+        self.lease_expires_at: datetime = record.lease_expires_at
+        self.status: str = "running"
+        self.result: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Batch {self.id} of {self.job_identifier!r} ids {self.range_start}..{self.range_end} "
+            f"items={self.item_count} weight={self.weight:g} attempt={self.attempt} {self.status}>"
+        )
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The rows of the range, as dicts, loaded at acquisition."""
+        if self._items is None:
+            raise BatchStateError(
+                f"the items of batch {self.id} were not loaded (load_items=False); "
+                "stream them with iter_items()"
+            )
+        return self._items
+
+    async def iter_items(self, chunk_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        """Stream the rows of the range through a server-side cursor, ``chunk_size`` at
+        a time, without holding them all in memory."""
+        async for chunk in self.iter_item_chunks(chunk_size):
+            for row in chunk:
+                yield row
+
+    async def iter_item_chunks(self, chunk_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
+        """Like :meth:`iter_items`, a list of up to ``chunk_size`` rows at a time."""
+        if chunk_size <= 0:
+            raise InvalidArgumentError(f"chunk_size must be > 0, got {chunk_size!r}")
+        async for chunk in self._source.stream(self.range_start, self.range_end, chunk_size):
+            yield chunk
+
+    # -- outcomes ------------------------------------------------------------------
+
+    def _check_running(self, action: str) -> None:
+        if self.status != "running":
+            raise BatchStateError(f"cannot {action} batch {self.id}: it already {self.status}")
+
+    async def success(self, result: Mapping[str, Any] | None = None) -> None:
+        """Record this attempt as succeeded, with an optional JSON-able ``result``.
+
+        Raises BatchLostError, recording nothing, if another worker took the batch over.
+        """
+        self._check_running("record success of")
+        payload = None if result is None else _json_dict(result)
+        await self._finish(succeeded=True, result=payload, text=None)
+        self.result = payload
+        logger.info("batch succeeded", extra=self._log_fields())
+
+    async def error(self, exc_or_text: BaseException | str) -> None:
+        """Record this attempt as failed, with the message and traceback in its log row.
+
+        The batch is handed out again by a later acquisition while attempts are left.
+        """
+        self._check_running("record failure of")
+        await self._finish(succeeded=False, result=None, text=error_text(exc_or_text))
+
+    async def _finish(self, *, succeeded: bool, result: Any, text: str | None) -> None:
+        max_attempts = await self._backend.finish(
+            self.id, self.attempt, succeeded=succeeded, result=result, text=text
+        )
+        self.status = "succeeded" if succeeded else "failed"
+        if not succeeded:
+            last = self.attempt >= max_attempts
+            logger.warning(
+                "batch failed%s",
+                " on its last attempt; it stays failed until retried" if last else "",
+                extra=self._log_fields(),
+            )
+
+    async def heartbeat(self) -> None:
+        """Renew the lease now (``async with`` does it in the background)."""
+        self._check_running("renew the lease of")
+        self.lease_expires_at = await self._backend.heartbeat(
+            self.id, self.attempt, self._lease_seconds
+        )
+
+    async def process(
+        self,
+        func: Callable[..., T] | Callable[..., Awaitable[T]],
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> T:
+        """Run ``func(*args, **kwargs)`` under the lease: success on return, failure
+        recorded and re-raised on an exception. A sync ``func`` runs in a worker thread,
+        off the event loop. Returns what ``func`` returns."""
+        call = functools.partial(func, *args, **(kwargs or {}))
+        async with self:
+            if inspect.iscoroutinefunction(func):
+                return await call()  # type: ignore[no-any-return]
+            value = await anyio.to_thread.run_sync(call)
+            if inspect.isawaitable(value):
+                return await value  # type: ignore[no-any-return]
+            return value  # type: ignore[return-value]
+
+    # -- lease renewal and the context manager -------------------------------------
+
+    def start_renewal(self) -> None:
+        """Renew the lease in the background, every third of its length."""
+        if self._renewal is None:
+            self._renewal = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    async def stop_renewal(self) -> None:
+        """Stop the background renewal and wait until it has stopped."""
+        task, self._renewal = self._renewal, None
+        if task is not None:
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _renew_forever(self) -> None:
+        interval = max(self._lease_seconds / 3, 0.05)
+        while self.status == "running":
+            await asyncio.sleep(interval)
+            try:
+                await self.heartbeat()
+            except BatchLostError:
+                logger.warning("batch lost its lease to another worker", extra=self._log_fields())
+                return
+            except (BackendError, BatchStateError) as exc:
+                # A passing outage: the lease may still hold; try again next interval.
+                logger.warning("lease renewal failed: %s", exc, extra=self._log_fields())
+
+    async def __aenter__(self) -> Batch:
+        self._check_running("enter")
+        self.start_renewal()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Shielded: a cancellation arriving here must not leave the outcome unwritten.
+        with anyio.CancelScope(shield=True):
+            await self.stop_renewal()
+            if exc is None:
+                await self.success()
+                return
+            try:
+                await self.error(exc)
+            except (BatchLostError, BackendError) as record_exc:
+                # The body's exception matters more; say why it is not in the inventory.
+                logger.error(
+                    "could not record the failure of batch %s: %s",
+                    self.id,
+                    record_exc,
+                    extra=self._log_fields(),
+                )
+
+    def _log_fields(self) -> dict[str, Any]:
+        return {
+            "job": self.job_identifier,
+            "batch_id": self.id,
+            "range_start": self.range_start,
+            "range_end": self.range_end,
+            "attempt": self.attempt,
+        }
+
+
+def _json_dict(result: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(result, Mapping):
+        raise InvalidArgumentError(
+            f"result must be a mapping of JSON-able values, got {type(result).__name__}"
+        )
+    try:
+        return json.loads(json.dumps(dict(result)))  # type: ignore[no-any-return]
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"result is not JSON-able: {exc}") from None

@@ -1,0 +1,117 @@
+"""Settings, read from ``PYBATCHINTORY_*`` environment variables and dotenv files.
+
+Sources, strongest first: arguments given in code, environment variables, the dotenv
+file named by ``PYBATCHINTORY_ENV_FILE``, then ``.env`` in the working directory.
+URLs are secrets: they may carry passwords, so their repr is masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password"]
+
+DEFAULT_INVENTORY_URL = "sqlite+aiosqlite:///pybatchintory.sqlite3"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _env_files() -> tuple[str, ...]:
+    named = os.environ.get("PYBATCHINTORY_ENV_FILE")
+    return (".env", named) if named else (".env",)
+
+
+def hide_password(url: str) -> str:
+    """Render a database URL with its password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+class Settings(BaseSettings):
+    """Configuration of an :class:`~pybatchintory.Inventory`.
+
+    Every field can be set as ``PYBATCHINTORY_<FIELD>`` in the environment or a dotenv
+    file, or passed as a keyword argument.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="PYBATCHINTORY_", extra="ignore", env_file_encoding="utf-8"
+    )
+
+    inventory_url: SecretStr = Field(
+        default=SecretStr(DEFAULT_INVENTORY_URL),
+        description="SQLAlchemy async URL of the database holding the backend tables.",
+    )
+    meta_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy async URL of the metadata table's database; "
+        "defaults to inventory_url.",
+    )
+    schema_name: str | None = Field(
+        default=None, description="Schema of the backend tables (PostgreSQL)."
+    )
+    jobs_table: str = "inventory_jobs"
+    batches_table: str = "inventory"
+    logs_table: str = "inventory_logs"
+    isolation_level: Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] = (
+        "READ COMMITTED"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per batch before it stays failed.")
+    lease_seconds: float = Field(
+        default=600.0, gt=0, description="How long a running batch is owned without a heartbeat."
+    )
+    busy_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="SQLite: how long a writer waits for the lock."
+    )
+    pool_size: int = Field(default=5, ge=1, description="Pooled connections per engine.")
+
+    def __init__(self, **values: Any) -> None:
+        values.setdefault("_env_file", _env_files())
+        super().__init__(**values)
+
+    @field_validator("inventory_url", "meta_url")
+    @classmethod
+    def _parsable_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value.get_secret_value())
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; expected e.g. postgresql+asyncpg://user@host/db "
+                "or sqlite+aiosqlite:///path.db"
+            ) from None
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise ValueError(
+                f"backend {url.get_backend_name()!r} is not supported; "
+                "use postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
+        return value
+
+    @field_validator("schema_name", "jobs_table", "batches_table", "logs_table")
+    @classmethod
+    def _plain_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _IDENTIFIER.match(value):
+            raise ValueError(
+                f"{value!r} is not a plain identifier (letters, digits, underscore, "
+                "at most 63 characters, not starting with a digit)"
+            )
+        return value
+
+    @property
+    def inventory_dsn(self) -> str:
+        """The inventory URL in clear, for creating engines only."""
+        return self.inventory_url.get_secret_value()
+
+    @property
+    def meta_dsn(self) -> str:
+        """The metadata URL in clear (the inventory's if none was set)."""
+        return (self.meta_url or self.inventory_url).get_secret_value()

@@ -1,0 +1,359 @@
+"""The async client: two engines, one for the metadata table and one for the inventory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import pydantic
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._backend import Backend, BatchRecord
+from ._engines import backend_errors, create_engine, retry_transient, write_transaction
+from ._request import AcquireRequest, make_request, positive_int
+from ._source import Filter, Source, job_source, reflect_table_source
+from ._tables import build_tables
+from .batch import Batch
+from .config import Settings, hide_password
+from .exceptions import BatchStateError, ConfigurationError
+
+__all__ = ["Inventory"]
+
+logger = logging.getLogger("pybatchintory")
+
+
+def load_settings(settings: Settings | None, overrides: Mapping[str, Any]) -> Settings:
+    """Settings from the environment and dotenv files, with ``overrides`` on top."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if settings is not None:
+        return settings.model_copy(update=given) if given else settings
+    try:
+        return Settings(**given)
+    except pydantic.ValidationError as exc:
+        # Without the input values: a URL may carry a password.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"invalid pybatchintory settings: {problems}") from None
+
+
+class Inventory:
+    """Hands out weight-bounded batches of a metadata table and records what each job did.
+
+    ``Inventory()`` reads :class:`~pybatchintory.Settings` (``PYBATCHINTORY_*`` variables
+    and dotenv files); URLs and any setting given here take precedence. Use it as
+    ``async with Inventory(...) as inventory:``, or call :meth:`open` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        inventory_url: str | None = None,
+        meta_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        worker: str | None = None,
+        **setting_overrides: Any,
+    ) -> None:
+        self.settings = load_settings(
+            settings, {"inventory_url": inventory_url, "meta_url": meta_url, **setting_overrides}
+        )
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self._tables = build_tables(self.settings)
+        self._backend: Backend | None = None
+        self._meta_engine: AsyncEngine | None = None
+        self._sources: dict[Hashable, tuple[Source, Any]] = {}
+
+    def __repr__(self) -> str:
+        state = "open" if self._backend is not None else "closed"
+        return (
+            f"<Inventory {state} inventory_url={hide_password(self.settings.inventory_dsn)!r} "
+            f"meta_url={hide_password(self.settings.meta_dsn)!r}>"
+        )
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def open(self) -> Inventory:
+        """Create the engines and, if absent, the backend tables."""
+        if self._backend is not None:
+            return self
+        inventory_engine = create_engine(self.settings.inventory_dsn, self.settings, writer=True)
+        meta_engine = create_engine(self.settings.meta_dsn, self.settings, writer=False)
+        backend = Backend(inventory_engine, self._tables)
+        try:
+            await backend.create_tables()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await inventory_engine.dispose()
+                await meta_engine.dispose()
+            raise
+        self._backend, self._meta_engine = backend, meta_engine
+        return self
+
+    async def close(self) -> None:
+        """Dispose of both engines' pools. Batches not finished keep their lease."""
+        backend, meta = self._backend, self._meta_engine
+        self._backend = self._meta_engine = None
+        self._sources.clear()
+        with anyio.CancelScope(shield=True):
+            if backend is not None:
+                await backend.engine.dispose()
+            if meta is not None:
+                await meta.dispose()
+
+    async def __aenter__(self) -> Inventory:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend tables' SQL on the inventory engine (once open)."""
+        if self._backend is None:
+            raise BatchStateError(
+                "the inventory is not open: use 'async with Inventory(...)' or "
+                "'await inventory.open()' first"
+            )
+        return self._backend
+
+    @property
+    def inventory_engine(self) -> AsyncEngine:
+        """The engine of the backend tables."""
+        return self.backend.engine
+
+    @property
+    def meta_engine(self) -> AsyncEngine:
+        """The engine of the metadata table (read only)."""
+        self.backend  # noqa: B018 -- raises the helpful error when closed
+        assert self._meta_engine is not None
+        return self._meta_engine
+
+    # -- acquisition ---------------------------------------------------------------
+
+    async def acquire_batch(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        *,
+        source_job: str | None = None,
+        weight: float | None = None,
+        max_items: int | None = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        filter: Filter = None,
+        id_column: str = "id",
+        weight_column: str | None = "weight",
+        item_columns: Iterable[str] | None = None,
+        max_attempts: int | None = None,
+        lease_seconds: float | None = None,
+        load_items: bool = True,
+        job_identifer: str | None = None,
+    ) -> Batch | None:
+        """Take the job's next batch, or None when nothing is left in its window.
+
+        A failed batch with attempts left, or a running one whose lease expired, is
+        handed out again first (same range, next attempt). Otherwise a new range starts
+        after the job's cursor (and at ``id_start`` or later, up to ``id_end``) and holds
+        the most consecutive matching items whose weights sum to at most ``weight``
+        (an item heavier than ``weight`` forms a batch alone) and at most ``max_items``.
+        ``job_identifer`` is an alias of ``job_identifier``.
+        """
+        request = make_request(self.settings, **_acquire_arguments(locals()))
+        source = await self._source(request)
+        return await self._acquire(request, source, run_upper=None)
+
+    def acquire_batches(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        *,
+        batch_count: int | None = None,
+        source_job: str | None = None,
+        weight: float | None = None,
+        max_items: int | None = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        filter: Filter = None,
+        id_column: str = "id",
+        weight_column: str | None = "weight",
+        item_columns: Iterable[str] | None = None,
+        max_attempts: int | None = None,
+        lease_seconds: float | None = None,
+        load_items: bool = True,
+        job_identifer: str | None = None,
+    ) -> AsyncIterator[Batch]:
+        """Yield up to ``batch_count`` batches (None: until nothing is left), one at a time.
+
+        The run's upper id bound is the table's highest id when the run starts, so a
+        run over a table that keeps growing still ends. Finish each batch before taking
+        the next, or the lease of an unfinished one runs out.
+        """
+        arguments = _acquire_arguments(locals())
+        count = positive_int(arguments.pop("batch_count"), "batch_count")
+        request = make_request(self.settings, **arguments)
+        return self._acquire_many(request, count)
+
+    async def _acquire_many(
+        self, request: AcquireRequest, count: int | None
+    ) -> AsyncIterator[Batch]:
+        source = await self._source(request)
+        async with backend_errors("reading the source's highest id", source.engine):
+            run_upper = await source.max_id()
+        if run_upper is None:
+            return
+        taken = 0
+        while count is None or taken < count:
+            batch = await self._acquire(request, source, run_upper=run_upper)
+            if batch is None:
+                return
+            taken += 1
+            yield batch
+
+    async def _source(self, request: AcquireRequest) -> Source:
+        """The request's source, reflected once and cached with its filter."""
+        key = _source_key(request)
+        cached = self._sources.get(key) if key is not None else None
+        if cached is not None:
+            return cached[0]
+        if request.source_job is not None:
+            source = job_source(self.inventory_engine, self._tables, request.source_job)
+        else:
+            assert request.source_table is not None
+            async with backend_errors("reflecting the source table", self.meta_engine):
+                source = await reflect_table_source(
+                    self.meta_engine,
+                    request.source_table,
+                    id_column=request.id_column,
+                    weight_column=request.weight_column,
+                    item_columns=request.item_columns,
+                    filter=request.filter,
+                )
+        if key is not None:
+            # The filter object is kept alive with the entry, so its id() stays unique.
+            self._sources[key] = (source, request.filter)
+        return source
+
+    async def _acquire(
+        self, request: AcquireRequest, source: Source, run_upper: int | None
+    ) -> Batch | None:
+        backend = self.backend
+        upper = _lowest(request.id_end, run_upper)
+
+        async def take() -> BatchRecord | None:
+            async with write_transaction(backend.engine) as conn:
+                job = await backend.lock_job(conn, request.job_identifier, source.binding)
+                record = await backend.reclaim(
+                    conn,
+                    request.job_identifier,
+                    job,
+                    request.window,
+                    request.lease_seconds,
+                    self.worker,
+                )
+                if record is not None:
+                    return record
+                start = _highest(request.id_start, None if job.cursor is None else job.cursor + 1)
+                if start is not None and upper is not None and start > upper:
+                    return None
+                async with backend_errors("planning a batch", source.engine):
+                    plan = await source.plan(
+                        start if start is not None else -(2**63),
+                        upper,
+                        request.weight,
+                        request.max_items,
+                    )
+                if plan is None:
+                    return None
+                return await backend.insert_batch(
+                    conn,
+                    request.job_identifier,
+                    job,
+                    plan,
+                    max_attempts=request.max_attempts,
+                    lease_seconds=request.lease_seconds,
+                    worker=self.worker,
+                )
+
+        async with backend_errors(f"acquiring a batch of job {request.job_identifier!r}", backend.engine):
+            record = await retry_transient(take)
+        if record is None:
+            return None
+        batch = Batch(backend, record, source, request.lease_seconds)
+        logger.info(
+            "acquired batch (attempt %s, %s items, weight %g)",
+            record.attempt,
+            record.item_count,
+            record.weight,
+            extra=batch._log_fields(),
+        )
+        if request.load_items:
+            await self._load_items(batch, source)
+        return batch
+
+    async def _load_items(self, batch: Batch, source: Source) -> None:
+        try:
+            async with backend_errors(f"loading the items of batch {batch.id}", source.engine):
+                batch._items = await source.load(batch.range_start, batch.range_end)
+        except BaseException as exc:
+            # Hand the range back at once rather than after the lease runs out.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await batch.error(exc)
+                except Exception:  # noqa: BLE001 -- the load error is the one to report
+                    logger.exception("could not record the failed item load")
+            raise
+
+
+def _acquire_arguments(local_vars: dict[str, Any]) -> dict[str, Any]:
+    arguments = dict(local_vars)
+    arguments.pop("self")
+    return arguments
+
+
+def _source_key(request: AcquireRequest) -> Hashable | None:
+    """A cache key for the source, or None when the filter cannot be keyed."""
+    filter = request.filter
+    if filter is None:
+        filter_key: Hashable = None
+    elif isinstance(filter, Mapping):
+        try:
+            filter_key = tuple(
+                sorted(
+                    (k, tuple(v) if isinstance(v, (list, set, frozenset)) else v)
+                    for k, v in filter.items()
+                )
+            )
+            hash(filter_key)
+        except TypeError:
+            return None
+    else:
+        filter_key = ("object", id(filter))
+    return (
+        request.source_table,
+        request.source_job,
+        request.id_column,
+        request.weight_column,
+        request.item_columns,
+        filter_key,
+    )
+
+
+def _lowest(*values: int | None) -> int | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _highest(*values: int | None) -> int | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None

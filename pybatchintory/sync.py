@@ -1,0 +1,266 @@
+"""The sync face, for plain scripts: the same client, driven from one event-loop thread.
+
+A :class:`SyncInventory` owns one event loop in a background thread (anyio's blocking
+portal) for its whole life and creates its engines there. Every call, from any thread,
+runs in that loop: pooled asyncpg connections belong to the loop that made them, so an
+``asyncio.run`` per call would break the second call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .batch import Batch
+from .config import Settings
+from .inventory import Inventory, load_settings
+
+__all__ = [
+    "SyncBatch",
+    "SyncInventory",
+    "acquire_batch",
+    "acquire_batches",
+    "configure",
+    "default_inventory",
+]
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class SyncBatch:
+    """A :class:`~pybatchintory.Batch` for sync code. ``with batch:`` renews the lease
+    in the background, then records success, or the failure and re-raises."""
+
+    def __init__(self, batch: Batch, portal: BlockingPortal) -> None:
+        self._batch = batch
+        self._portal = portal
+
+    def __repr__(self) -> str:
+        return repr(self._batch)
+
+    id = property(lambda self: self._batch.id, doc="The batch's id in the inventory.")
+    job_identifier = property(lambda self: self._batch.job_identifier, doc="Its job.")
+    range_start = property(lambda self: self._batch.range_start, doc="First id (inclusive).")
+    range_end = property(lambda self: self._batch.range_end, doc="Last id (inclusive).")
+    item_count = property(lambda self: self._batch.item_count, doc="Matching items in the range.")
+    weight = property(lambda self: self._batch.weight, doc="Total weight of its items.")
+    attempt = property(lambda self: self._batch.attempt, doc="1 for a first attempt, then 2, ...")
+    max_attempts = property(lambda self: self._batch.max_attempts, doc="Attempts allowed.")
+    status = property(lambda self: self._batch.status, doc="running, succeeded or failed.")
+    result = property(lambda self: self._batch.result, doc="The result given to success().")
+
+    @property
+    def lease_expires_at(self) -> datetime:
+        """When the lease runs out unless renewed (database clock, UTC)."""
+        return self._batch.lease_expires_at
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The rows of the range, as dicts, loaded at acquisition."""
+        return self._batch.items
+
+    def iter_items(self, chunk_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Stream the rows of the range, ``chunk_size`` rows per round trip."""
+        chunks = self._batch.iter_item_chunks(chunk_size)
+        try:
+            while (chunk := self._portal.call(_next_or_done, chunks)) is not _DONE:
+                yield from chunk  # type: ignore[misc]
+        finally:
+            self._portal.call(chunks.aclose)
+
+    def success(self, result: Mapping[str, Any] | None = None) -> None:
+        """Record success, with an optional JSON-able result."""
+        self._portal.call(self._batch.success, result)
+
+    def error(self, exc_or_text: BaseException | str) -> None:
+        """Record the failure; the message and traceback go into the log row."""
+        self._portal.call(self._batch.error, exc_or_text)
+
+    def heartbeat(self) -> None:
+        """Renew the lease now."""
+        self._portal.call(self._batch.heartbeat)
+
+    def process(
+        self,
+        func: Callable[..., T] | Callable[..., Awaitable[T]],
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> T:
+        """Run ``func(*args, **kwargs)`` in this thread under the lease: success on
+        return, failure recorded and re-raised on an exception. Returns its result."""
+        if inspect.iscoroutinefunction(func):
+            return self._portal.call(self._batch.process, func, tuple(args), kwargs)
+        with self:
+            return func(*args, **(kwargs or {}))  # type: ignore[return-value]
+
+    def __enter__(self) -> SyncBatch:
+        self._portal.call(self._batch.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._portal.call(self._batch.__aexit__, exc_type, exc, tb)
+
+
+async def _next_or_done(iterator: Any) -> Any:
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return _DONE
+
+
+class SyncInventory:
+    """:class:`~pybatchintory.Inventory` for sync code; same arguments, same methods.
+
+    Use it as ``with SyncInventory(...) as inventory:`` or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        inventory_url: str | None = None,
+        meta_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        worker: str | None = None,
+        **setting_overrides: Any,
+    ) -> None:
+        self._inventory = Inventory(
+            inventory_url, meta_url, settings=settings, worker=worker, **setting_overrides
+        )
+        self._stack = ExitStack()
+        self._portal = self._stack.enter_context(
+            start_blocking_portal(name="pybatchintory-event-loop")
+        )
+        try:
+            self._portal.call(self._inventory.open)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __repr__(self) -> str:
+        return repr(self._inventory).replace("<Inventory", "<SyncInventory", 1)
+
+    @property
+    def inventory(self) -> Inventory:
+        """The async client underneath."""
+        return self._inventory
+
+    @property
+    def portal(self) -> BlockingPortal:
+        """The portal into this inventory's event loop, to run other coroutines there."""
+        return self._portal
+
+    def acquire_batch(self, *args: Any, **kwargs: Any) -> SyncBatch | None:
+        """Same arguments as :meth:`Inventory.acquire_batch`."""
+        batch = self._portal.call(functools.partial(self._inventory.acquire_batch, *args, **kwargs))
+        return None if batch is None else SyncBatch(batch, self._portal)
+
+    def acquire_batches(self, *args: Any, **kwargs: Any) -> Iterator[SyncBatch]:
+        """Same arguments as :meth:`Inventory.acquire_batches`; acquires lazily.
+
+        Arguments are checked now, so bad input raises here, not at the first ``next``.
+        """
+        batches = self._inventory.acquire_batches(*args, **kwargs)
+        return self._drain(batches)
+
+    def _drain(self, batches: Any) -> Iterator[SyncBatch]:
+        try:
+            while (batch := self._portal.call(_next_or_done, batches)) is not _DONE:
+                yield SyncBatch(batch, self._portal)
+        finally:
+            self._portal.call(batches.aclose)
+
+    def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run an async method of the inventory (``status``, ``retry``, ...) and wait."""
+        return self._portal.call(functools.partial(method, *args, **kwargs))
+
+    def close(self) -> None:
+        """Dispose of the engines and stop the event-loop thread."""
+        if self._stack is None:
+            return
+        stack, self._stack = self._stack, None  # type: ignore[assignment]
+        try:
+            self._portal.call(self._inventory.close)
+        finally:
+            stack.close()
+
+    def __enter__(self) -> SyncInventory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- the process-wide default behind acquire_batch / acquire_batches -----------------
+
+_default: SyncInventory | None = None
+_default_settings: dict[str, Any] = {}
+_default_lock = threading.Lock()
+
+
+def configure(**settings: Any) -> None:
+    """Set the process-wide settings of :func:`acquire_batch` and :func:`acquire_batches`.
+
+    Takes the fields of :class:`~pybatchintory.Settings` (``inventory_url``,
+    ``meta_url``, ...); what is not given comes from the environment. Closes the
+    current default inventory; batches acquired from it can no longer be finished.
+    """
+    global _default
+    load_settings(None, settings)  # fail now, with a clear error, on a bad setting
+    with _default_lock:
+        previous, _default = _default, None
+        _default_settings.clear()
+        _default_settings.update(settings)
+    if previous is not None:
+        previous.close()
+
+
+def default_inventory() -> SyncInventory:
+    """The process-wide inventory, created at first use from the configured settings."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = SyncInventory(**_default_settings)
+        return _default
+
+
+@atexit.register
+def _close_default() -> None:
+    global _default
+    with _default_lock:
+        previous, _default = _default, None
+    if previous is not None:
+        previous.close()
+
+
+def acquire_batch(*args: Any, **kwargs: Any) -> SyncBatch | None:
+    """Take the next batch of a job with the process-wide settings.
+
+    Same arguments as :meth:`Inventory.acquire_batch`, e.g.
+    ``acquire_batch(source_table="meta", job_identifer="incremental_job", weight=10)``.
+    """
+    return default_inventory().acquire_batch(*args, **kwargs)
+
+
+def acquire_batches(*args: Any, **kwargs: Any) -> Iterator[SyncBatch]:
+    """Take up to ``batch_count`` batches of a job, lazily, with the process-wide settings."""
+    return default_inventory().acquire_batches(*args, **kwargs)
