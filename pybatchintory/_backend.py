@@ -377,6 +377,28 @@ class Backend:
             return await retry_transient(attempt_renew)
 
 
+    async def requeue(self, job_identifier: str, batch_id: int | None) -> list[int]:
+        """Give failed batches that used up their attempts one more; return their ids."""
+        b = self.tables.batches
+        exhausted = sa.and_(
+            b.c.job_identifier == job_identifier,
+            b.c.status == "failed",
+            b.c.attempt >= b.c.max_attempts,
+        )
+        if batch_id is not None:
+            exhausted = sa.and_(exhausted, b.c.id == batch_id)
+
+        async def requeue_all() -> list[int]:
+            async with write_transaction(self.engine) as conn:
+                result = await conn.execute(
+                    sa.update(b).where(exhausted).values(max_attempts=b.c.attempt + 1).returning(b.c.id)
+                )
+                return sorted(int(i) for i in result.scalars())
+
+        async with backend_errors(f"re-queueing failed batches of job {job_identifier!r}", self.engine):
+            return await retry_transient(requeue_all)
+
+
 def _lost(batch_id: int, attempt: int) -> BatchLostError:
     return BatchLostError(
         f"batch {batch_id} attempt {attempt} is no longer running under this worker: its "

@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pydantic
@@ -15,12 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._backend import Backend, BatchRecord
 from ._engines import backend_errors, create_engine, retry_transient, write_transaction
-from ._request import AcquireRequest, make_request, positive_int
+from ._request import AcquireRequest, make_request, positive_int, resolve_job_identifier
 from ._source import Filter, Source, job_source, reflect_table_source
 from ._tables import build_tables
 from .batch import Batch
 from .config import Settings, hide_password
 from .exceptions import BatchStateError, ConfigurationError
+
+if TYPE_CHECKING:
+    from ._observe import JobStatus, JobSummary, TraceEntry
 
 __all__ = ["Inventory"]
 
@@ -138,6 +141,43 @@ class Inventory:
         self.backend  # noqa: B018 -- raises the helpful error when closed
         assert self._meta_engine is not None
         return self._meta_engine
+
+    # -- administration and observability -----------------------------------------
+
+    async def retry(self, job_identifier: str, batch_id: int | None = None) -> list[int]:
+        """Re-queue failed batches of the job that used up their attempts (or only
+        ``batch_id``): each gets one more attempt, handed out by the next acquisition
+        before any new range. Returns the ids re-queued."""
+        job = resolve_job_identifier(job_identifier, None)
+        return await self.backend.requeue(job, batch_id)
+
+    async def status(self, job_identifier: str) -> JobStatus:
+        """The job's cursor, batch counts and weights per status, and its backlog."""
+        from ._observe import job_status
+
+        return await job_status(self, resolve_job_identifier(job_identifier, None))
+
+    async def jobs(self) -> list[JobSummary]:
+        """Every job with its source and a one-line status."""
+        from ._observe import list_jobs
+
+        return await list_jobs(self)
+
+    async def trace(self, source_table: str, item_id: int) -> list[TraceEntry]:
+        """Every batch of every job that covered ``item_id`` of ``source_table``, with
+        its attempts and log lines."""
+        from ._observe import trace_item
+
+        return await trace_item(self, source_table, item_id)
+
+    async def reset(
+        self, job_identifier: str, to_id: int | None = None, *, force: bool = False
+    ) -> None:
+        """Rewind the job's cursor so that ids after ``to_id`` (all, if None) are
+        processed again; history is kept. Refuses while batches run, unless ``force``."""
+        from ._observe import reset_job
+
+        await reset_job(self, resolve_job_identifier(job_identifier, None), to_id, force=force)
 
     # -- acquisition ---------------------------------------------------------------
 
