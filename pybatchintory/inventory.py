@@ -350,7 +350,7 @@ class Inventory:
             with anyio.CancelScope(shield=True):
                 try:
                     await batch.error(exc)
-                except Exception:  # noqa: BLE001 -- the load error is the one to report
+                except Exception:  # the load error is the one to report
                     logger.exception("could not record the failed item load")
             raise
 

@@ -12,7 +12,7 @@ import atexit
 import functools
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from datetime import datetime
 from types import TracebackType
@@ -74,9 +74,9 @@ class SyncBatch:
         chunks = self._batch.iter_item_chunks(chunk_size)
         try:
             while (chunk := self._portal.call(_next_or_done, chunks)) is not _DONE:
-                yield from chunk  # type: ignore[misc]
+                yield from chunk
         finally:
-            self._portal.call(chunks.aclose)
+            self._portal.call(_close, chunks)
 
     def success(self, result: Mapping[str, Any] | None = None) -> None:
         """Record success, with an optional JSON-able result."""
@@ -99,7 +99,8 @@ class SyncBatch:
         """Run ``func(*args, **kwargs)`` in this thread under the lease: success on
         return, failure recorded and re-raised on an exception. Returns its result."""
         if inspect.iscoroutinefunction(func):
-            return self._portal.call(self._batch.process, func, tuple(args), kwargs)
+            result: T = self._portal.call(self._batch.process, func, tuple(args), kwargs)
+            return result
         with self:
             return func(*args, **(kwargs or {}))  # type: ignore[return-value]
 
@@ -116,11 +117,17 @@ class SyncBatch:
         self._portal.call(self._batch.__aexit__, exc_type, exc, tb)
 
 
-async def _next_or_done(iterator: Any) -> Any:
+async def _next_or_done(iterator: AsyncIterator[Any]) -> Any:
     try:
         return await iterator.__anext__()
     except StopAsyncIteration:
         return _DONE
+
+
+async def _close(iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
 
 
 class SyncInventory:
@@ -182,7 +189,7 @@ class SyncInventory:
             while (batch := self._portal.call(_next_or_done, batches)) is not _DONE:
                 yield SyncBatch(batch, self._portal)
         finally:
-            self._portal.call(batches.aclose)
+            self._portal.call(_close, batches)
 
     def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run an async method of the inventory (``status``, ``retry``, ...) and wait."""

@@ -47,7 +47,7 @@ def postgres_problem() -> str | None:
 
         try:
             asyncio.run(asyncio.wait_for(probe(), 10))
-        except Exception as exc:  # noqa: BLE001 -- any failure means "no server"
+        except Exception as exc:  # any failure means "no server"
             _pg_problem = f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}: {exc}"
     return _pg_problem
 
@@ -103,7 +103,7 @@ class Db:
     ) -> str:
         """Create a metadata table with one row per weight; return its qualified name."""
         md = sa.MetaData(schema=self.schema)
-        table = meta_table_def(md, name)
+        meta_table_def(md, name)
         async with self.engine.begin() as conn:
             await conn.run_sync(md.create_all)
         await self.add_items(name, weights, category)
