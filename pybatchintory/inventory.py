@@ -23,7 +23,7 @@ from .config import Settings, hide_password
 from .exceptions import BatchStateError, ConfigurationError
 
 if TYPE_CHECKING:
-    from ._observe import JobStatus, JobSummary, TraceEntry
+    from ._observe import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 
 __all__ = ["Inventory"]
 
@@ -149,13 +149,52 @@ class Inventory:
         ``batch_id``): each gets one more attempt, handed out by the next acquisition
         before any new range. Returns the ids re-queued."""
         job = resolve_job_identifier(job_identifier, None)
-        return await self.backend.requeue(job, batch_id)
+        from ._observe import batch_ranges
 
-    async def status(self, job_identifier: str) -> JobStatus:
-        """The job's cursor, batch counts and weights per status, and its backlog."""
+        ids = await self.backend.requeue(job, batch_id)
+        for batch_id_, start, end, attempt in await batch_ranges(self, ids):
+            logger.info(
+                "batch re-queued for one more attempt",
+                extra={
+                    "job": job,
+                    "batch_id": batch_id_,
+                    "range_start": start,
+                    "range_end": end,
+                    "attempt": attempt,
+                },
+            )
+        return ids
+
+    async def status(
+        self,
+        job_identifier: str,
+        *,
+        filter: Filter = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        weight_column: str | None = "weight",
+        trust_stored_filter: bool = False,
+    ) -> JobStatus:
+        """The job's cursor, batch counts and weights per status, leases, last success,
+        and its backlog: items and weight still ahead of its cursor (within
+        ``id_start``..``id_end``), so that the next run can be sized before it starts.
+
+        A job reading a filtered table only stores its filter as SQL text. Pass the same
+        ``filter`` as its acquisitions (checked against that text) to count the backlog,
+        or ``trust_stored_filter=True`` to run the stored text on the metadata database;
+        otherwise ``backlog`` is None and ``backlog_note`` says why.
+        """
         from ._observe import job_status
 
-        return await job_status(self, resolve_job_identifier(job_identifier, None))
+        return await job_status(
+            self,
+            resolve_job_identifier(job_identifier, None),
+            filter=filter,
+            id_start=id_start,
+            id_end=id_end,
+            weight_column=weight_column,
+            trust_stored_filter=trust_stored_filter,
+        )
 
     async def jobs(self) -> list[JobSummary]:
         """Every job with its source and a one-line status."""
@@ -165,19 +204,89 @@ class Inventory:
 
     async def trace(self, source_table: str, item_id: int) -> list[TraceEntry]:
         """Every batch of every job that covered ``item_id`` of ``source_table``, with
-        its attempts and log lines."""
+        its attempts and log lines, then the batches of downstream jobs that consumed
+        those batches. Index lookups only: fast whatever the inventory's size."""
         from ._observe import trace_item
 
         return await trace_item(self, source_table, item_id)
 
     async def reset(
         self, job_identifier: str, to_id: int | None = None, *, force: bool = False
-    ) -> None:
+    ) -> ResetResult:
         """Rewind the job's cursor so that ids after ``to_id`` (all, if None) are
-        processed again; history is kept. Refuses while batches run, unless ``force``."""
+        processed again; history is kept, in an older generation. Refuses while batches
+        after ``to_id`` run, unless ``force`` (their workers then lose them). Unfinished
+        batches at or below ``to_id`` stay to be finished; see :class:`ResetResult`."""
         from ._observe import reset_job
 
-        await reset_job(self, resolve_job_identifier(job_identifier, None), to_id, force=force)
+        return await reset_job(self, resolve_job_identifier(job_identifier, None), to_id, force=force)
+
+    async def backlog(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        *,
+        source_job: str | None = None,
+        filter: Filter = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        id_column: str = "id",
+        weight_column: str | None = "weight",
+        job_identifer: str | None = None,
+        **_acquire_options: Any,
+    ) -> Backlog:
+        """Items and weight that acquisitions with these arguments still have ahead (new
+        ranges only, not retries). Takes the arguments of :meth:`acquire_batch`."""
+        from ._observe import backlog_of
+
+        request = make_request(
+            self.settings,
+            source_table=source_table,
+            source_job=source_job,
+            job_identifier=job_identifier,
+            job_identifer=job_identifer,
+            weight=None,
+            max_items=None,
+            id_start=id_start,
+            id_end=id_end,
+            filter=filter,
+            id_column=id_column,
+            weight_column=weight_column,
+            item_columns=None,
+            max_attempts=None,
+            lease_seconds=None,
+            load_items=False,
+        )
+        source = await self._source(request)
+        return await backlog_of(self, source, request.job_identifier, id_start, id_end)
+
+    async def iter_source_items(
+        self,
+        batch: Batch,
+        *,
+        filter: Filter = None,
+        trust_stored_filter: bool = False,
+        item_columns: Iterable[str] | None = None,
+        chunk_size: int = 1000,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The metadata rows behind a downstream batch: its upstream batches' ranges,
+        followed down the chain to the metadata table, as a union (a row covered twice,
+        after an upstream reset, comes once). ``filter`` is the root job's filter, checked
+        against the one it stored (or ``trust_stored_filter=True`` to run the stored SQL)."""
+        from ._observe import source_rows
+
+        chunks = source_rows(
+            self,
+            batch.job_identifier,
+            [(batch.range_start, batch.range_end)],
+            filter=filter,
+            trust_stored_filter=trust_stored_filter,
+            item_columns=item_columns,
+            chunk_size=chunk_size,
+        )
+        async for chunk in chunks:
+            for row in chunk:
+                yield row
 
     # -- acquisition ---------------------------------------------------------------
 

@@ -1,0 +1,213 @@
+"""The ``pybatchintory`` command: create the tables, list jobs, show status, trace an
+item, re-queue failed batches, reset a job.
+
+Configured like the library (``PYBATCHINTORY_*`` variables, ``.env``), with
+``--inventory-url`` and ``--meta-url`` on top. Tables for people, ``--json`` for
+scripts. A user error is one line on stderr and exit code 2; a database failure exit
+code 1; never a traceback for either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+import anyio
+
+from .config import hide_password
+from .exceptions import BackendError, PyBatchintoryError
+from .inventory import Inventory
+
+__all__ = ["main"]
+
+EXIT_BACKEND = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common() -> _Parser:
+    # SUPPRESS: an option given before the command is not overwritten by the
+    # subparser's default, so both places work.
+    common = _Parser(add_help=False)
+    common.add_argument("--inventory-url", default=argparse.SUPPRESS, help="URL of the backend tables' database")
+    common.add_argument("--meta-url", default=argparse.SUPPRESS, help="URL of the metadata table's database")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output, for scripts")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``pybatchintory`` command."""
+    common = _common()
+    parser = _Parser(prog="pybatchintory", description=__doc__.split("\n\n")[0], parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser("init", parents=[common], help="create the backend tables if absent")
+    commands.add_parser("jobs", parents=[common], help="every job with a one-line status")
+    status = commands.add_parser("status", parents=[common], help="a job's batches, leases and backlog")
+    status.add_argument("job")
+    status.add_argument("--id-start", type=int, help="count the backlog from this id")
+    status.add_argument("--id-end", type=int, help="count the backlog up to this id")
+    status.add_argument("--weight-column", default="weight", help="the source's weight column")
+    status.add_argument(
+        "--trust-stored-filter",
+        action="store_true",
+        help="run the job's stored filter SQL on the metadata database to count its backlog",
+    )
+    trace = commands.add_parser("trace", parents=[common], help="every batch that covered an item")
+    trace.add_argument("table", help="the metadata table ('table' or 'schema.table')")
+    trace.add_argument("id", type=int, help="the item's id")
+    retry = commands.add_parser("retry", parents=[common], help="give failed batches one more attempt")
+    retry.add_argument("job")
+    retry.add_argument("--batch", type=int, help="only this batch id")
+    reset = commands.add_parser("reset", parents=[common], help="rewind a job's cursor, keeping history")
+    reset.add_argument("job")
+    reset.add_argument("--to", type=int, dest="to_id", help="reprocess the ids after this one (default: all)")
+    reset.add_argument("--force", action="store_true", help="even if batches after the point are running")
+    return parser
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _pairs(pairs: Sequence[tuple[str, Any]]) -> str:
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in pairs)
+
+
+def _status_text(s: Any) -> str:
+    source = f"{s.source_kind} {s.source}" + (f" (filter: {s.filter_text})" if s.filter_text else "")
+    if s.backlog is not None:
+        weight = "" if s.backlog.weight is None else f", weight {s.backlog.weight:g}"
+        backlog = f"{s.backlog.items} items{weight}"
+    else:
+        backlog = f"unknown: {s.backlog_note}"
+    pairs: list[tuple[str, Any]] = [
+        ("job", s.job_identifier),
+        ("source", source),
+        ("cursor", f"{_cell(s.cursor)} (generation {s.generation})"),
+        ("running", f"{s.running} batches, weight {s.running_weight:g}"),
+        ("succeeded", f"{s.succeeded} batches, weight {s.succeeded_weight:g}"),
+        ("failed", f"{s.failed} batches, weight {s.failed_weight:g} "
+                   f"({s.retryable} to retry, {s.out_of_attempts} out of attempts)"),
+        ("oldest running", s.oldest_running_start),
+        ("next lease expiry", s.earliest_lease_expiry),
+        ("expired leases", s.expired_leases),
+        ("last success", s.last_success_at),
+        ("backlog", backlog),
+    ]
+    if s.source_kind == "job":
+        pairs.insert(3, ("upstream frontier", s.frontier_batch_id))
+    if s.superseded:
+        pairs.append(("earlier generations", f"{s.superseded} batches"))
+    return _pairs(pairs)
+
+
+def _trace_text(entries: Sequence[Any]) -> str:
+    if not entries:
+        return "no batch covered this item"
+    lines = []
+    for e in entries:
+        via = f" via batch {e.via_batch_id}" if e.via_batch_id is not None else ""
+        lines.append(
+            f"{'  ' * e.depth}{e.job_identifier}: batch {e.batch_id} ids {e.range_start}..{e.range_end}"
+            f"{via}, generation {e.generation}, {e.status} after {e.attempt} attempt(s)"
+        )
+        for a in e.attempts:
+            last = (a.logging or "").strip().splitlines()[-1:] or [""]
+            lines.append(
+                f"{'  ' * e.depth}  attempt {a.attempt}: {a.status:<9} {_cell(a.processing_start)}"
+                f" .. {_cell(a.processing_end)} {a.worker or ''} {last[0]}".rstrip()
+            )
+    return "\n".join(lines)
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace) -> tuple[Any, str]:
+    """Run the command; return its JSON-able value and its text for people."""
+    inventory = Inventory(getattr(args, "inventory_url", None), getattr(args, "meta_url", None))
+    async with inventory:
+        if args.command == "init":
+            url = inventory.settings.inventory_dsn
+            return {"inventory_url": hide_password(url)}, f"backend tables ready on {hide_password(url)}"
+        if args.command == "jobs":
+            jobs = await inventory.jobs()
+            rows = [(j.job_identifier, f"{j.source_kind} {j.source}", j.summary) for j in jobs]
+            text = _table(["job", "source", "status"], rows) if jobs else "no jobs yet"
+            return [j.as_dict() for j in jobs], text
+        if args.command == "status":
+            status = await inventory.status(
+                args.job,
+                id_start=args.id_start,
+                id_end=args.id_end,
+                weight_column=args.weight_column,
+                trust_stored_filter=args.trust_stored_filter,
+            )
+            return status.as_dict(), _status_text(status)
+        if args.command == "trace":
+            entries = await inventory.trace(args.table, args.id)
+            return [e.as_dict() for e in entries], _trace_text(entries)
+        if args.command == "retry":
+            ids = await inventory.retry(args.job, args.batch)
+            text = f"re-queued {len(ids)} batch(es)" + (f": {', '.join(map(str, ids))}" if ids else "")
+            return {"requeued": ids}, text
+        assert args.command == "reset"
+        result = await inventory.reset(args.job, args.to_id, force=args.force)
+        text = (
+            f"job {result.job_identifier}: cursor {_cell(result.old_cursor)} -> {_cell(result.new_cursor)}, "
+            f"generation {result.generation}; {len(result.carried)} unfinished batch(es) kept, "
+            f"{len(result.superseded)} superseded"
+        )
+        return result.as_dict(), text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``pybatchintory`` and ``python -m pybatchintory``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        value, text = anyio.run(_run, args)
+    except BackendError as exc:
+        print(f"pybatchintory: database error: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    except PyBatchintoryError as exc:
+        print(f"pybatchintory: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(value, indent=2, default=str))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
