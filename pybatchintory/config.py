@@ -11,10 +11,12 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from .exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password"]
 
@@ -31,7 +33,7 @@ def hide_password(url: str) -> str:
     """Render a database URL with its password replaced by ``***``."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable URL>"
 
 
@@ -75,7 +77,16 @@ class Settings(BaseSettings):
 
     def __init__(self, **values: Any) -> None:
         values.setdefault("_env_file", _env_files())
-        super().__init__(**values)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # pydantic's own message quotes each input value, and a URL may hold a
+            # password: list the problems without them.
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                for err in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigurationError(f"invalid pybatchintory settings: {problems}") from None
 
     @field_validator("inventory_url", "meta_url")
     @classmethod
@@ -84,7 +95,7 @@ class Settings(BaseSettings):
             return None
         try:
             url = make_url(value.get_secret_value())
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise ValueError(
                 "not a database URL; expected e.g. postgresql+asyncpg://user@host/db "
                 "or sqlite+aiosqlite:///path.db"
