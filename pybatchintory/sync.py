@@ -176,19 +176,32 @@ class SyncInventory:
         batch = self._portal.call(functools.partial(self._inventory.acquire_batch, *args, **kwargs))
         return None if batch is None else SyncBatch(batch, self._portal)
 
-    def acquire_batches(self, *args: Any, **kwargs: Any) -> Iterator[SyncBatch]:
+    def acquire_batches(self, *args: Any, progress: bool = False, **kwargs: Any) -> Iterator[SyncBatch]:
         """Same arguments as :meth:`Inventory.acquire_batches`; acquires lazily.
 
         Arguments are checked now, so bad input raises here, not at the first ``next``.
+        ``progress=True`` draws a bar on stderr, sized by the job's backlog (see
+        :meth:`Inventory.backlog`), advanced as each batch is handed back.
         """
         batches = self._inventory.acquire_batches(*args, **kwargs)
-        return self._drain(batches)
+        bar = None
+        if progress:
+            from ._observe import ProgressBar
 
-    def _drain(self, batches: Any) -> Iterator[SyncBatch]:
+            backlog = self._portal.call(functools.partial(self._inventory.backlog, *args, **kwargs))
+            job = kwargs.get("job_identifier") or kwargs.get("job_identifer") or args[1]
+            bar = ProgressBar(str(job), backlog)
+        return self._drain(batches, bar)
+
+    def _drain(self, batches: Any, bar: Any = None) -> Iterator[SyncBatch]:
         try:
             while (batch := self._portal.call(_next_or_done, batches)) is not _DONE:
                 yield SyncBatch(batch, self._portal)
+                if bar is not None:
+                    bar.advance(batch.weight, batch.item_count)
         finally:
+            if bar is not None:
+                bar.close()
             self._portal.call(_close, batches)
 
     def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import pytest
 import sqlalchemy as sa
 
@@ -12,6 +13,7 @@ from pybatchintory import (
     BatchStateError,
     InvalidArgumentError,
     JobSourceMismatchError,
+    SyncInventory,
 )
 from tests.conftest import Db
 
@@ -258,3 +260,23 @@ async def test_retry_and_reset_log_structured_fields(db: Db, caplog: pytest.LogC
         assert records["job reset"].job == "j" and records["job reset"].new_cursor == 2
         carried = [r for r in caplog.records if getattr(r, "batch_id", None) == batch.id]
         assert carried and carried[0].range_start == 1 and carried[0].attempt == 1
+
+
+async def test_sync_acquire_batches_draws_a_progress_bar_sized_by_the_backlog(
+    db: Db, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = await db.create_meta(weights=[5] * 8)
+
+    def run() -> None:
+        with SyncInventory(**db.settings()) as inv:
+            first = inv.acquire_batch(source_table=table, job_identifier="j", weight=10)
+            assert first is not None
+            first.success()
+            for batch in inv.acquire_batches(source_table=table, job_identifier="j", weight=10, progress=True):
+                batch.success()
+
+    await anyio.to_thread.run_sync(run)
+    drawn = capsys.readouterr().err.split("\r")
+    # Sized up front by the 6 items (weight 30) left after the first batch.
+    assert drawn[1].endswith("0% 0/30 weight, 0 batches")
+    assert drawn[-1] == "j [##############################] 100% 30/30 weight, 3 batches\n"
