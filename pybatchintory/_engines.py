@@ -33,7 +33,12 @@ T = TypeVar("T")
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 # SQLSTATEs that mean "run the transaction again": serialization failure, deadlock.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-_MAX_TRIES = 10
+# Fix (issue 3): the bound was 10 tries. Under SERIALIZABLE every acquisition that waits
+# for a job's row lock fails with 40001 once the holder commits, so N contenders make
+# roughly N tries; 16 processes x 2 tasks needed up to 23 tries in the race test and
+# 10 made acquisitions fail. Bound the loop by time instead, like a lock timeout.
+_RETRY_SECONDS = 30.0
+_MAX_BACKOFF_SECONDS = 0.5
 
 
 def _async_url(dsn: str) -> URL:
@@ -157,16 +162,20 @@ def is_transient(exc: BaseException) -> bool:
 async def retry_transient(operation: Callable[[], Awaitable[T]]) -> T:
     """Run ``operation`` again after a serialization failure, deadlock or busy SQLite.
 
-    Bounded, with jittered exponential backoff, so that colliding workers spread out.
+    Bounded in time (30 seconds), with jittered exponential backoff, so that colliding
+    workers spread out.
     """
-    for attempt in range(_MAX_TRIES):
+    deadline = anyio.current_time() + _RETRY_SECONDS
+    attempt = 0
+    while True:
         try:
             return await operation()
         except DBAPIError as exc:
-            if attempt == _MAX_TRIES - 1 or not is_transient(exc):
+            if not is_transient(exc) or anyio.current_time() >= deadline:
                 raise
-        await anyio.sleep(random.uniform(0, min(1.0, 0.005 * 2**attempt)))
-    raise AssertionError("unreachable")  # pragma: no cover
+        backoff = min(_MAX_BACKOFF_SECONDS, 0.005 * 2 ** min(attempt, 10))
+        await anyio.sleep(random.uniform(0, backoff))
+        attempt += 1
 
 
 def describe(exc: SQLAlchemyError) -> str:
