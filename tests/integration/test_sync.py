@@ -80,7 +80,7 @@ def _run(target: Any, *args: Any) -> None:
     def body() -> None:
         try:
             target(*args)
-        except BaseException as exc:  # noqa: BLE001 -- handed to the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=body)
@@ -321,7 +321,7 @@ async def test_one_sync_inventory_shared_by_many_threads_hands_out_disjoint_rang
     def guarded() -> None:
         try:
             worker()
-        except BaseException as exc:  # noqa: BLE001 -- reported by the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=guarded) for _ in range(6)]
