@@ -559,8 +559,8 @@ async def reset_job(
             row = await _job_row(conn, inventory, job, lock=True)
             if to_id is not None and (row.cursor is None or to_id > row.cursor):
                 raise InvalidArgumentError(
-                    f"to_id {to_id} is beyond job {job!r}'s cursor ({row.cursor}): a reset only "
-                    "rewinds; use id_start to skip ids instead"
+                    f"to_id {to_id} is beyond the cursor of job {job!r} ({row.cursor}): a reset "
+                    "only rewinds; use id_start to skip ids instead"
                 )
             open_batches = (
                 await conn.execute(
