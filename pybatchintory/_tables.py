@@ -99,7 +99,7 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("status", _status_type(f"{b}_status"), nullable=False),
         sa.Column("lease_expires_at", UtcDateTime, nullable=True),
         sa.Column("worker", sa.String(255), nullable=True),
-        sa.Column("result", sa.JSON, nullable=True),
+        sa.Column("result", sa.JSON(none_as_null=True), nullable=True),
         sa.CheckConstraint("range_start <= range_end", name=f"{b}_range_ordered"),
         sa.Index(f"ix_{b}_job_range", "job_identifier", "range_start"),
         # Only unfinished batches: the reclaim lookup and the recursion frontier stay

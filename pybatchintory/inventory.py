@@ -10,7 +10,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import pydantic
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._backend import Backend, BatchRecord
@@ -20,7 +19,7 @@ from ._source import Filter, Source, job_source, reflect_table_source
 from ._tables import build_tables
 from .batch import Batch
 from .config import Settings, hide_password
-from .exceptions import BatchStateError, ConfigurationError
+from .exceptions import BatchStateError
 
 if TYPE_CHECKING:
     from ._observe import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
@@ -31,19 +30,17 @@ logger = logging.getLogger("pybatchintory")
 
 
 def load_settings(settings: Settings | None, overrides: Mapping[str, Any]) -> Settings:
-    """Settings from the environment and dotenv files, with ``overrides`` on top."""
+    """Settings from the environment and dotenv files, with ``overrides`` on top.
+
+    Raises ConfigurationError (without input values: a URL may carry a password).
+    """
     given = {key: value for key, value in overrides.items() if value is not None}
-    if settings is not None:
-        return settings.model_copy(update=given) if given else settings
-    try:
+    if settings is None:
         return Settings(**given)
-    except pydantic.ValidationError as exc:
-        # Without the input values: a URL may carry a password.
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_url=False)
-        )
-        raise ConfigurationError(f"invalid pybatchintory settings: {problems}") from None
+    if not given:
+        return settings
+    # model_copy would skip validation (and SecretStr wrapping): validate the merge.
+    return Settings(**{**settings.model_dump(), **given, "_env_file": None})
 
 
 class Inventory:

@@ -76,17 +76,7 @@ async def test_success_records_status_end_time_and_result_in_both_tables(db: Db)
     assert log.processing_end is not None
 
 
-async def test_success_without_result_leaves_result_sql_null(
-    db: Db, request: pytest.FixtureRequest
-) -> None:
-    if db.kind == "sqlite":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug in _tables.py: on SQLite sa.JSON stores Python None as the JSON "
-                "text 'null', not SQL NULL, so 'WHERE result IS NULL' misses such batches",
-            )
-        )
+async def test_success_without_result_leaves_result_sql_null(db: Db) -> None:
     table = await db.create_meta(weights=[1])
     async with db.inventory() as inv:
         batch = await _take(inv, table)

@@ -234,13 +234,7 @@ async def test_an_open_inventory_with_a_password_never_shows_it(pg_only: Db) -> 
         assert SECRET not in str(raised.value)
 
 
-_MODEL_COPY_BUG = (
-    "bug in inventory.load_settings: settings.model_copy(update=...) skips validation, so "
-    "overrides given with settings= are neither checked nor wrapped in SecretStr"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=_MODEL_COPY_BUG)
 @pytest.mark.parametrize(
     "override",
     [
@@ -255,7 +249,6 @@ def test_overrides_of_given_settings_are_validated(override: dict[str, str | int
     assert SECRET not in str(raised.value)
 
 
-@pytest.mark.xfail(strict=True, reason=_MODEL_COPY_BUG)
 def test_a_url_override_of_given_settings_stays_secret() -> None:
     url = f"postgresql+asyncpg://user:{SECRET}@db.example.com/lake"
     inventory = Inventory(settings=Settings(), inventory_url=url)
