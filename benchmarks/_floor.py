@@ -15,7 +15,6 @@ from typing import Any
 
 import aiosqlite
 import asyncpg
-
 from _common import BATCH_ITEMS, JOB, pg_dsn
 
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'"

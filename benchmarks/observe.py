@@ -13,7 +13,6 @@ schema of its own, dropped afterwards. SQLite: a file in a temporary directory.
 """
 
 # The SQL below is built from constants and a generated schema name, never from input.
-# ruff: noqa: S608
 
 from __future__ import annotations
 
