@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from .exceptions import BackendError, ConfigurationError
 
 __all__ = [
     "backend_errors",
+    "complete_despite_cancellation",
     "create_engine",
     "db_now",
     "db_now_plus",
@@ -176,6 +178,31 @@ async def retry_transient(operation: Callable[[], Awaitable[T]]) -> T:
         backoff = min(_MAX_BACKOFF_SECONDS, 0.005 * 2 ** min(attempt, 10))
         await anyio.sleep(random.uniform(0, backoff))
         attempt += 1
+
+
+async def complete_despite_cancellation(operation: Awaitable[T]) -> T:
+    """Await ``operation`` to its end even if the caller is cancelled meanwhile; then
+    let the cancellation go on.
+
+    Fix (issue 3): ``anyio.CancelScope(shield=True)`` alone stops only anyio's own
+    cancellation; a native ``task.cancel()`` (``asyncio.wait_for``, ``asyncio.timeout``,
+    a ``TaskGroup``) still cut the bookkeeping of ``Batch.__aexit__`` in half. The work
+    runs in a task of its own, which a cancellation of the caller does not reach.
+    """
+    task = asyncio.ensure_future(operation)
+    cancelled: asyncio.CancelledError | None = None
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                result = await asyncio.shield(task)
+                break
+            except asyncio.CancelledError as exc:
+                if task.cancelled():
+                    raise
+                cancelled = exc  # keep waiting for the bookkeeping, re-raise after
+    if cancelled is not None:
+        raise cancelled
+    return result
 
 
 def describe(exc: SQLAlchemyError) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from ._backend import BatchRecord
+from ._engines import complete_despite_cancellation
 from ._source import Source
 from .exceptions import (
     BackendError,
@@ -211,21 +212,25 @@ class Batch:
         tb: TracebackType | None,
     ) -> None:
         # Shielded: a cancellation arriving here must not leave the outcome unwritten.
-        with anyio.CancelScope(shield=True):
-            await self.stop_renewal()
-            if exc is None:
-                await self.success()
-                return
-            try:
-                await self.error(exc)
-            except (BatchLostError, BackendError) as record_exc:
-                # The body's exception matters more; say why it is not in the inventory.
-                logger.error(
-                    "could not record the failure of batch %s: %s",
-                    self.id,
-                    record_exc,
-                    extra=self._log_fields(),
-                )
+        # (Fix, issue 3: an anyio CancelScope alone did not stop asyncio's own
+        # task.cancel(); see complete_despite_cancellation.)
+        await complete_despite_cancellation(self._record_exit(exc))
+
+    async def _record_exit(self, exc: BaseException | None) -> None:
+        await self.stop_renewal()
+        if exc is None:
+            await self.success()
+            return
+        try:
+            await self.error(exc)
+        except (BatchLostError, BackendError) as record_exc:
+            # The body's exception matters more; say why it is not in the inventory.
+            logger.error(
+                "could not record the failure of batch %s: %s",
+                self.id,
+                record_exc,
+                extra=self._log_fields(),
+            )
 
     def _log_fields(self) -> dict[str, Any]:
         return {
