@@ -166,7 +166,7 @@ class Batch:
         call = functools.partial(func, *args, **(kwargs or {}))
         async with self:
             if inspect.iscoroutinefunction(func):
-                return await call()  # type: ignore[no-any-return]
+                return await call()  # type: ignore[misc,no-any-return]
             value = await anyio.to_thread.run_sync(call)
             if inspect.isawaitable(value):
                 return await value  # type: ignore[no-any-return]
