@@ -90,12 +90,18 @@ class Backend:
         """A database-level net under invariant 1, where btree_gist can be had."""
         batches = self.tables.batches
         name = f"{batches.name}_ranges_disjoint"
+        prep = conn.dialect.identifier_preparer
+        # Fix (issue 3): look on this table only. Constraint names are per schema, and the
+        # check by name alone found another schema's constraint and skipped ours.
         exists = await conn.scalar(
-            sa.text("SELECT 1 FROM pg_constraint WHERE conname = :name"), {"name": name}
+            sa.text(
+                "SELECT 1 FROM pg_constraint WHERE conname = :name "
+                "AND conrelid = to_regclass(:table)"
+            ),
+            {"name": name, "table": prep.format_table(batches)},
         )
         if exists:
             return
-        prep = conn.dialect.identifier_preparer
         try:
             await conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
             await conn.execute(
