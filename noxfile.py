@@ -17,8 +17,8 @@ _PASSED_THROUGH = ("PYBATCHINTORY_TEST_PG_URL", "CI")
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite, on SQLite and PostgreSQL."""
-    session.install("-e", ".[test]")
+    """The whole test suite, on SQLite and PostgreSQL (examples included, Dask too)."""
+    session.install("-e", ".[test,examples]")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 

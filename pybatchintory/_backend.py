@@ -332,13 +332,17 @@ class Backend:
         succeeded: bool,
         result: dict[str, Any] | None,
         text: str | None,
+        refund_attempt: bool = False,
     ) -> int:
         """Record the outcome of one attempt; return the batch's max_attempts.
 
-        Raises BatchLostError, writing nothing, when the attempt is no longer running.
+        ``refund_attempt`` hands a batch back without counting the attempt against it
+        (the worker never got it, e.g. its acquisition was cancelled). Raises
+        BatchLostError, writing nothing, when the attempt is no longer running.
         """
         b = self.tables.batches
         status = "succeeded" if succeeded else "failed"
+        allowed = b.c.max_attempts + 1 if refund_attempt else b.c.max_attempts
 
         async def attempt_finish() -> int:
             async with write_transaction(self.engine) as conn:
@@ -351,6 +355,7 @@ class Backend:
                             processing_end=db_now(self.dialect),
                             lease_expires_at=None,
                             result=result,
+                            max_attempts=allowed,
                         )
                         .returning(b.c.max_attempts)
                     )
@@ -385,9 +390,16 @@ class Backend:
 
     async def requeue(self, job_identifier: str, batch_id: int | None) -> list[int]:
         """Give failed batches that used up their attempts one more; return their ids."""
-        b = self.tables.batches
+        b, jobs = self.tables.batches, self.tables.jobs
+        # Only the current generation: batches superseded by a reset are history.
+        generation = (
+            sa.select(jobs.c.generation)
+            .where(jobs.c.job_identifier == job_identifier)
+            .scalar_subquery()
+        )
         exhausted = sa.and_(
             b.c.job_identifier == job_identifier,
+            b.c.generation == generation,
             b.c.status == "failed",
             b.c.attempt >= b.c.max_attempts,
         )

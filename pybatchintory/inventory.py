@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._backend import Backend, BatchRecord
-from ._engines import backend_errors, create_engine, retry_transient, write_transaction
+from ._engines import (
+    backend_errors,
+    complete_despite_cancellation,
+    create_engine,
+    retry_transient,
+    write_transaction,
+)
 from ._request import AcquireRequest, make_request, positive_int, resolve_job_identifier
 from ._source import Filter, Source, job_source, reflect_table_source
 from ._tables import build_tables
@@ -88,9 +94,7 @@ class Inventory:
         try:
             await backend.create_tables()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await inventory_engine.dispose()
-                await meta_engine.dispose()
+            await complete_despite_cancellation(_dispose(inventory_engine, meta_engine))
             raise
         self._backend, self._meta_engine = backend, meta_engine
         return self
@@ -100,11 +104,9 @@ class Inventory:
         backend, meta = self._backend, self._meta_engine
         self._backend = self._meta_engine = None
         self._sources.clear()
-        with anyio.CancelScope(shield=True):
-            if backend is not None:
-                await backend.engine.dispose()
-            if meta is not None:
-                await meta.dispose()
+        await complete_despite_cancellation(
+            _dispose(backend.engine if backend is not None else None, meta)
+        )
 
     async def __aenter__(self) -> Inventory:
         return await self.open()
@@ -432,7 +434,10 @@ class Inventory:
                 )
 
         async with backend_errors(f"acquiring a batch of job {request.job_identifier!r}", backend.engine):
-            record = await retry_transient(take)
+            if backend.dialect == "sqlite":
+                record = await _take_despite_cancellation(retry_transient(take), backend)
+            else:
+                record = await retry_transient(take)
         if record is None:
             return None
         batch = Batch(backend, record, source, request.lease_seconds)
@@ -453,12 +458,54 @@ class Inventory:
                 batch._items = await source.load(batch.range_start, batch.range_end)
         except BaseException as exc:
             # Hand the range back at once rather than after the lease runs out.
-            with anyio.CancelScope(shield=True):
-                try:
-                    await batch.error(exc)
-                except Exception:  # the load error is the one to report
-                    logger.exception("could not record the failed item load")
+            await complete_despite_cancellation(_hand_back(batch, exc))
             raise
+
+
+async def _dispose(*engines: AsyncEngine | None) -> None:
+    for engine in engines:
+        if engine is not None:
+            await engine.dispose()
+
+
+async def _hand_back(batch: Batch, exc: BaseException) -> None:
+    try:
+        await batch.error(exc)
+    except Exception:  # the original error is the one to report
+        logger.exception("could not hand back batch %s", batch.id)
+
+
+async def _take_despite_cancellation(
+    take: Awaitable[BatchRecord | None], backend: Backend
+) -> BatchRecord | None:
+    """SQLite: let a cancelled acquisition's transaction end, then hand its batch back.
+
+    aiosqlite runs BEGIN IMMEDIATE in its own thread; cancelling the awaiting task
+    midway can leave that connection holding the database's write lock, and every
+    other writer would then wait out the busy timeout.
+    """
+    task = asyncio.ensure_future(take)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await complete_despite_cancellation(_release_taken(task, backend))
+        raise
+
+
+async def _release_taken(task: asyncio.Future[BatchRecord | None], backend: Backend) -> None:
+    try:
+        record = await task
+    except Exception:  # the acquisition failed on its own: nothing was taken
+        return
+    if record is not None:
+        await backend.finish(
+            record.id,
+            record.attempt,
+            succeeded=False,
+            result=None,
+            text="the acquisition was cancelled before the batch reached its worker",
+            refund_attempt=True,
+        )
 
 
 def _acquire_arguments(local_vars: dict[str, Any]) -> dict[str, Any]:
