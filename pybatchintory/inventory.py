@@ -28,7 +28,7 @@ from .config import Settings, hide_password
 from .exceptions import BatchStateError
 
 if TYPE_CHECKING:
-    from ._observe import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+    from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 
 __all__ = ["Inventory"]
 
@@ -148,7 +148,7 @@ class Inventory:
         ``batch_id``): each gets one more attempt, handed out by the next acquisition
         before any new range. Returns the ids re-queued."""
         job = resolve_job_identifier(job_identifier, None)
-        from ._observe import batch_ranges
+        from ._status import batch_ranges
 
         ids = await self.backend.requeue(job, batch_id)
         for batch_id_, start, end, attempt in await batch_ranges(self, ids):
@@ -183,7 +183,7 @@ class Inventory:
         or ``trust_stored_filter=True`` to run the stored text on the metadata database;
         otherwise ``backlog`` is None and ``backlog_note`` says why.
         """
-        from ._observe import job_status
+        from ._status import job_status
 
         return await job_status(
             self,
@@ -197,7 +197,7 @@ class Inventory:
 
     async def jobs(self) -> list[JobSummary]:
         """Every job with its source and a one-line status."""
-        from ._observe import list_jobs
+        from ._status import list_jobs
 
         return await list_jobs(self)
 
@@ -205,7 +205,7 @@ class Inventory:
         """Every batch of every job that covered ``item_id`` of ``source_table``, with
         its attempts and log lines, then the batches of downstream jobs that consumed
         those batches. Index lookups only: fast whatever the inventory's size."""
-        from ._observe import trace_item
+        from ._trace import trace_item
 
         return await trace_item(self, source_table, item_id)
 
@@ -216,7 +216,7 @@ class Inventory:
         processed again; history is kept, in an older generation. Refuses while batches
         after ``to_id`` run, unless ``force`` (their workers then lose them). Unfinished
         batches at or below ``to_id`` stay to be finished; see :class:`ResetResult`."""
-        from ._observe import reset_job
+        from ._reset import reset_job
 
         return await reset_job(self, resolve_job_identifier(job_identifier, None), to_id, force=force)
 
@@ -236,7 +236,7 @@ class Inventory:
     ) -> Backlog:
         """Items and weight that acquisitions with these arguments still have ahead (new
         ranges only, not retries). Takes the arguments of :meth:`acquire_batch`."""
-        from ._observe import backlog_of
+        from ._status import backlog_of
 
         request = make_request(
             self.settings,
@@ -272,7 +272,7 @@ class Inventory:
         followed down the chain to the metadata table, as a union (a row covered twice,
         after an upstream reset, comes once). ``filter`` is the root job's filter, checked
         against the one it stored (or ``trust_stored_filter=True`` to run the stored SQL)."""
-        from ._observe import source_rows
+        from ._trace import source_rows
 
         chunks = source_rows(
             self,

@@ -186,7 +186,7 @@ class SyncInventory:
         batches = self._inventory.acquire_batches(*args, **kwargs)
         bar = None
         if progress:
-            from ._observe import ProgressBar
+            from ._progress import ProgressBar
 
             backlog = self._portal.call(functools.partial(self._inventory.backlog, *args, **kwargs))
             job = kwargs.get("job_identifier") or kwargs.get("job_identifer") or args[1]

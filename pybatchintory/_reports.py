@@ -1,0 +1,135 @@
+"""What the observability calls return: plain frozen dataclasses with ``as_dict()``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+class _AsDict:
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as JSON-able values (timestamps in ISO 8601)."""
+        return _plain(self)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Backlog(_AsDict):
+    """What a job still has ahead of its cursor: matching items and their total weight
+    (None when the source has no weight column)."""
+
+    items: int
+    weight: float | None
+
+
+@dataclass(frozen=True)
+class JobStatus(_AsDict):
+    """A job's state: its source, cursor, batches by status and its backlog.
+
+    Batch counts cover the current generation (since the last reset); ``superseded``
+    counts the batches of earlier generations, kept as history. ``backlog`` is None
+    when it cannot be computed safely; ``backlog_note`` then says why.
+    """
+
+    job_identifier: str
+    source_kind: str
+    source: str
+    filter_text: str
+    cursor: int | None
+    generation: int
+    created_at: datetime
+    updated_at: datetime
+    running: int
+    running_weight: float
+    succeeded: int
+    succeeded_weight: float
+    failed: int
+    failed_weight: float
+    retryable: int
+    out_of_attempts: int
+    superseded: int
+    expired_leases: int
+    oldest_running_start: datetime | None
+    earliest_lease_expiry: datetime | None
+    last_success_at: datetime | None
+    frontier_batch_id: int | None
+    backlog: Backlog | None
+    backlog_note: str | None
+
+
+@dataclass(frozen=True)
+class JobSummary(_AsDict):
+    """One line per job: its source, cursor and unfinished batches."""
+
+    job_identifier: str
+    source_kind: str
+    source: str
+    cursor: int | None
+    generation: int
+    running: int
+    failed: int
+    out_of_attempts: int
+    updated_at: datetime
+    summary: str
+
+
+@dataclass(frozen=True)
+class AttemptLog(_AsDict):
+    """One attempt of a batch, from the log table."""
+
+    attempt: int
+    status: str
+    processing_start: datetime
+    processing_end: datetime | None
+    worker: str | None
+    logging: str | None
+
+
+@dataclass(frozen=True)
+class TraceEntry(_AsDict):
+    """A batch that covered the traced item.
+
+    ``depth`` 0 is a job reading the metadata table; depth 1 a job consuming that job's
+    batches (``via_batch_id`` is the upstream batch that carried the item), and so on.
+    """
+
+    job_identifier: str
+    batch_id: int
+    generation: int
+    depth: int
+    via_batch_id: int | None
+    range_start: int
+    range_end: int
+    status: str
+    attempt: int
+    max_attempts: int
+    processing_start: datetime
+    processing_end: datetime | None
+    worker: str | None
+    result: Any
+    attempts: tuple[AttemptLog, ...]
+
+
+@dataclass(frozen=True)
+class ResetResult(_AsDict):
+    """What a reset did: the cursor's move, the new generation, and which unfinished
+    batches were carried into it (wholly at or below ``to_id``: still to be finished)
+    or superseded (their ids are processed again; a worker still on one loses it)."""
+
+    job_identifier: str
+    old_cursor: int | None
+    new_cursor: int | None
+    generation: int
+    carried: tuple[int, ...]
+    superseded: tuple[int, ...]

@@ -1,0 +1,303 @@
+"""Status, backlog and the job list.
+
+Everything here reads the backend tables with index lookups or aggregates over one
+job's rows; only :func:`reset_job` writes, under the same job lock as an acquisition.
+
+Filters are not stored as objects: a job row keeps ``filter_text``, the SQL that
+SQLAlchemy rendered with literal binds at the job's first acquisition, to refuse a
+second source. Running that text again would execute SQL read from the inventory
+database on the metadata database, so it is done only when the caller opts in
+(``trust_stored_filter=True``). Otherwise the caller passes the job's filter again,
+and it is checked against the stored text before use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._engines import backend_errors, db_now, read_connection
+from ._reports import Backlog, JobStatus, JobSummary
+from ._source import Filter, Source, job_source, reflect_table_source
+from ._tables import unfinished
+from .exceptions import InvalidArgumentError, JobSourceMismatchError
+
+if TYPE_CHECKING:
+    from .inventory import Inventory
+
+
+_PARAMS_DIGEST = " -- params sha256:"  # filter_text's form for a filter with unrenderable binds
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+async def job_row(
+    conn: AsyncConnection, inventory: Inventory, job: str, *, lock: bool = False
+) -> Any:
+    jobs = inventory.backend.tables.jobs
+    query = sa.select(jobs).where(jobs.c.job_identifier == job)
+    if lock:
+        query = query.with_for_update()  # rendered as nothing on SQLite: BEGIN IMMEDIATE locks
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise InvalidArgumentError(
+            f"no job {job!r} in the inventory; 'pybatchintory jobs' lists the known jobs"
+        )
+    return row
+
+
+async def table_source(
+    inventory: Inventory,
+    job_row: Any,
+    filter: Filter,
+    *,
+    trust_stored_filter: bool,
+    weight_column: str | None,
+    item_columns: Iterable[str] | None = None,
+) -> Source:
+    """The job's metadata table with the job's filter, checked against the stored text."""
+    stored = job_row.filter_text
+    use_stored = trust_stored_filter and filter is None and stored
+    if use_stored and _PARAMS_DIGEST in stored:
+        raise InvalidArgumentError(
+            f"job {job_row.job_identifier!r}'s filter was stored as a digest, not as runnable "
+            "SQL; pass the job's filter with filter=..."
+        )
+    async with backend_errors("reflecting the source table", inventory.meta_engine):
+        source = await reflect_table_source(
+            inventory.meta_engine,
+            job_row.source,
+            id_column=job_row.id_column,
+            weight_column=None,
+            item_columns=item_columns,
+            filter=sa.text(stored) if use_stored else filter,
+        )
+    if not use_stored and source.binding.filter_text != stored:
+        given = source.binding.filter_text or "no filter"
+        raise JobSourceMismatchError(
+            f"job {job_row.job_identifier!r} was bound to filter "
+            f"{stored or 'none'}, not {given}; pass the job's own filter "
+            "(or trust_stored_filter=True / --trust-stored-filter to run the stored SQL)"
+        )
+    if weight_column is not None and weight_column in source.table.c:
+        source.weight_col = source.table.c[weight_column]
+    return source
+
+
+async def _count_ahead(
+    source: Source, cursor: int | None, id_start: int | None, id_end: int | None
+) -> Backlog:
+    start = max(
+        v for v in (id_start, None if cursor is None else cursor + 1, -(2**63)) if v is not None
+    )
+    weight = sa.func.sum(source.weight_col) if source.weight_col is not None else sa.null()
+    query = (
+        sa.select(sa.func.count(), weight)
+        .select_from(source.table)
+        .where(source.where, source.id_col >= start)
+    )
+    if id_end is not None:
+        query = query.where(source.id_col <= id_end)
+    async with read_connection(source.engine) as conn:
+        items, total = (await conn.execute(query)).one()
+    has_weight = source.weight_col is not None
+    return Backlog(int(items), float(total or 0) if has_weight else None)
+
+
+async def backlog_of(
+    inventory: Inventory, source: Source, job: str, id_start: int | None, id_end: int | None
+) -> Backlog:
+    """The backlog of ``job`` over ``source``: matching items after its cursor, in the window."""
+    jobs = inventory.backend.tables.jobs
+    async with backend_errors(f"reading job {job!r}", inventory.inventory_engine):
+        async with read_connection(inventory.inventory_engine) as conn:
+            cursor = await conn.scalar(sa.select(jobs.c.cursor).where(jobs.c.job_identifier == job))
+    async with backend_errors(f"counting the backlog of job {job!r}", source.engine):
+        return await _count_ahead(source, cursor, id_start, id_end)
+
+
+async def batch_ranges(inventory: Inventory, ids: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """``(id, range_start, range_end, attempt)`` of the given batches, for log lines."""
+    if not ids:
+        return []
+    b = inventory.backend.tables.batches
+    query = sa.select(b.c.id, b.c.range_start, b.c.range_end, b.c.attempt).where(
+        b.c.id.in_(list(ids))
+    )
+    async with backend_errors("reading batches", inventory.inventory_engine):
+        async with read_connection(inventory.inventory_engine) as conn:
+            rows = (await conn.execute(query.order_by(b.c.id))).all()
+    return [(int(r.id), int(r.range_start), int(r.range_end), int(r.attempt)) for r in rows]
+
+
+# -- status and the job list -----------------------------------------------------------
+
+
+async def job_status(
+    inventory: Inventory,
+    job: str,
+    *,
+    filter: Filter = None,
+    id_start: int | None = None,
+    id_end: int | None = None,
+    weight_column: str | None = "weight",
+    trust_stored_filter: bool = False,
+) -> JobStatus:
+    """The status of ``job`` (see :class:`JobStatus`)."""
+    backend = inventory.backend
+    b = backend.tables.batches
+    async with backend_errors(f"reading the status of job {job!r}", backend.engine):
+        async with read_connection(backend.engine) as conn:
+            row = await job_row(conn, inventory, job)
+            current = b.c.generation == row.generation
+            now = db_now(backend.dialect)
+
+            def count(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+                return sa.func.sum(sa.case((sa.and_(current, *conds), 1), else_=0))
+
+            def weight(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[float]:
+                return sa.func.sum(sa.case((sa.and_(current, *conds), b.c.weight), else_=0))
+
+            running = b.c.status == "running"
+            ok = b.c.status == "succeeded"
+            failed = b.c.status == "failed"
+            # One pass over the job's rows (the job_range index), whatever their number.
+            agg = (
+                await conn.execute(
+                    sa.select(
+                        count(running),
+                        weight(running),
+                        count(ok),
+                        weight(ok),
+                        count(failed),
+                        weight(failed),
+                        count(failed, b.c.attempt < b.c.max_attempts),
+                        count(failed, b.c.attempt >= b.c.max_attempts),
+                        sa.func.sum(sa.case((current, 0), else_=1)),
+                        count(running, b.c.lease_expires_at < now),
+                        sa.func.min(sa.case((sa.and_(current, running), b.c.processing_start))),
+                        sa.func.min(sa.case((sa.and_(current, running), b.c.lease_expires_at))),
+                        sa.func.max(sa.case((ok, b.c.processing_end))),
+                    ).where(b.c.job_identifier == job)
+                )
+            ).one()
+    counts = [int(v or 0) for v in (agg[0], agg[2], agg[4], *agg[6:10])]
+    weights = [float(v or 0) for v in (agg[1], agg[3], agg[5])]
+    oldest, earliest, last_ok = agg[10:]
+
+    backlog: Backlog | None = None
+    note: str | None = None
+    frontier: int | None = None
+    if row.source_kind == "job":
+        source = job_source(backend.engine, backend.tables, row.source)
+        frontier = await _frontier(inventory, row.source)
+        backlog = await backlog_of(inventory, source, job, id_start, id_end)
+    elif row.filter_text and filter is None and not trust_stored_filter:
+        note = "the job has a filter: pass it (filter=...) or trust the stored one to count the backlog"
+    else:
+        source = await table_source(
+            inventory,
+            row,
+            filter,
+            trust_stored_filter=trust_stored_filter,
+            weight_column=weight_column,
+        )
+        backlog = await backlog_of(inventory, source, job, id_start, id_end)
+    return JobStatus(
+        job_identifier=row.job_identifier,
+        source_kind=row.source_kind,
+        source=row.source,
+        filter_text=row.filter_text,
+        cursor=row.cursor,
+        generation=row.generation,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        running=counts[0],
+        running_weight=weights[0],
+        succeeded=counts[1],
+        succeeded_weight=weights[1],
+        failed=counts[2],
+        failed_weight=weights[2],
+        retryable=counts[3],
+        out_of_attempts=counts[4],
+        superseded=counts[5],
+        expired_leases=counts[6],
+        oldest_running_start=oldest,
+        earliest_lease_expiry=earliest,
+        last_success_at=last_ok,
+        frontier_batch_id=frontier,
+        backlog=backlog,
+        backlog_note=note,
+    )
+
+
+async def _frontier(inventory: Inventory, upstream: str) -> int | None:
+    """The upstream's oldest unfinished batch of its current generation (partial index)."""
+    b, jobs = inventory.backend.tables.batches, inventory.backend.tables.jobs
+    generation = (
+        sa.select(jobs.c.generation).where(jobs.c.job_identifier == upstream).scalar_subquery()
+    )
+    query = sa.select(sa.func.min(b.c.id)).where(
+        b.c.job_identifier == upstream, unfinished(b), b.c.generation == generation
+    )
+    async with backend_errors(
+        f"reading the frontier of job {upstream!r}", inventory.inventory_engine
+    ):
+        async with read_connection(inventory.inventory_engine) as conn:
+            value = await conn.scalar(query)
+    return None if value is None else int(value)
+
+
+async def list_jobs(inventory: Inventory) -> list[JobSummary]:
+    """Every job, with its unfinished batches counted through the partial index."""
+    backend = inventory.backend
+    b, jobs = backend.tables.batches, backend.tables.jobs
+    exhausted = sa.case(
+        (sa.and_(b.c.status == "failed", b.c.attempt >= b.c.max_attempts), 1), else_=0
+    )
+    open_counts = (
+        sa.select(
+            b.c.job_identifier,
+            sa.func.sum(sa.case((b.c.status == "running", 1), else_=0)).label("running"),
+            sa.func.sum(sa.case((b.c.status == "failed", 1), else_=0)).label("failed"),
+            sa.func.sum(exhausted).label("out_of_attempts"),
+        )
+        .select_from(b.join(jobs, b.c.job_identifier == jobs.c.job_identifier))
+        .where(unfinished(b), b.c.generation == jobs.c.generation)
+        .group_by(b.c.job_identifier)
+    )
+    async with backend_errors("listing the jobs", backend.engine):
+        async with read_connection(backend.engine) as conn:
+            job_rows = (await conn.execute(sa.select(jobs).order_by(jobs.c.job_identifier))).all()
+            counts = {r.job_identifier: r for r in (await conn.execute(open_counts)).all()}
+    summaries = []
+    for row in job_rows:
+        c = counts.get(row.job_identifier)
+        running, failed, out = (
+            (int(c.running), int(c.failed), int(c.out_of_attempts)) if c else (0, 0, 0)
+        )
+        parts = [f"cursor {row.cursor if row.cursor is not None else '-'}"]
+        if running:
+            parts.append(f"{running} running")
+        if failed:
+            parts.append(f"{failed} failed" + (f" ({out} out of attempts)" if out else ""))
+        if not running and not failed:
+            parts.append("idle")
+        summaries.append(
+            JobSummary(
+                job_identifier=row.job_identifier,
+                source_kind=row.source_kind,
+                source=row.source,
+                cursor=row.cursor,
+                generation=row.generation,
+                running=running,
+                failed=failed,
+                out_of_attempts=out,
+                updated_at=row.updated_at,
+                summary=", ".join(parts),
+            )
+        )
+    return summaries
