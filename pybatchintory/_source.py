@@ -104,6 +104,37 @@ class RangeAccumulator:
             self.full = True
         return True
 
+    def offer_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """:meth:`offer` each ``(id, weight)`` row in order until one does not fit.
+
+        The same outcome as calling ``offer`` per row, in one tight loop: planning
+        offers every row of a batch, and a method call per row showed in profiles.
+        """
+        if self.full:
+            return
+        budget, max_items = self.budget, self.max_items
+        first, last, total, count, full = self.first_id, self.last_id, self.weight, self.count, False
+        for item_id, item_weight in rows:
+            kind = item_weight.__class__
+            if kind is float or kind is int:
+                value = float(item_weight)
+                if value < 0 or value != value:  # negative or NaN: raise as offer() does
+                    value = _checked_weight(item_id, item_weight)
+            else:
+                value = _checked_weight(item_id, item_weight)
+            if count and budget is not None and total + value > budget:
+                full = True
+                break
+            if first is None:
+                first = item_id
+            last, total, count = item_id, total + value, count + 1
+            if (budget is not None and total >= budget) or (
+                max_items is not None and count >= max_items
+            ):
+                full = True
+                break
+        self.first_id, self.last_id, self.weight, self.count, self.full = first, last, total, count, full
+
     def plan(self) -> BatchPlan | None:
         if self.first_id is None or self.last_id is None:
             return None
@@ -194,9 +225,7 @@ class Source:
         async with read_connection(self.engine) as conn:
             while True:
                 rows = (await conn.execute(query, params)).all()
-                for item_id, item_weight in rows:
-                    if not acc.offer(item_id, item_weight):
-                        break
+                acc.offer_rows(rows)
                 if acc.full or len(rows) < params["pybi_page"]:
                     break
                 params["pybi_start"] = rows[-1][0] + 1
@@ -213,8 +242,9 @@ class Source:
                 self._range, {"pybi_start": range_start, "pybi_end": range_end}
             )
             keys = list(result.keys())
-            # zip over plain rows: about twice as fast as dict(RowMapping) per row
-            return [dict(zip(keys, row)) for row in result]
+            # One fetch of all rows, then zip over plain rows: about twice as fast as
+            # iterating the result and building dict(RowMapping) per row.
+            return [dict(zip(keys, row)) for row in result.all()]
 
     async def stream(
         self, range_start: int, range_end: int, chunk_size: int = 1000
