@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -130,8 +131,13 @@ async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]
         yield conn
 
 
+@functools.cache
 def db_now(dialect_name: str) -> sa.ColumnElement[datetime]:
-    """The database's clock: leases never depend on a worker's clock."""
+    """The database's clock: leases never depend on a worker's clock.
+
+    Cached: one immutable element per dialect, so no statement re-instantiates
+    UtcDateTime (a TypeDecorator adapts its impl on every instantiation).
+    """
     if dialect_name == "sqlite":
         # The format SQLAlchemy stores SQLite datetimes in, with microseconds.
         now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000")
@@ -139,8 +145,9 @@ def db_now(dialect_name: str) -> sa.ColumnElement[datetime]:
     return sa.type_coerce(sa.func.now(), UtcDateTime)
 
 
+@functools.lru_cache(maxsize=64)
 def db_now_plus(dialect_name: str, seconds: float) -> sa.ColumnElement[datetime]:
-    """The database's clock plus ``seconds``."""
+    """The database's clock plus ``seconds`` (cached per lease length)."""
     if dialect_name == "sqlite":
         later = sa.func.strftime(
             "%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{float(seconds):+f} seconds")
