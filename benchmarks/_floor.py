@@ -70,6 +70,27 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
             f"UPDATE {p}inventory_logs SET status = 'succeeded', processing_end = {now}, "
             f"logging = NULL WHERE id = {ph[0]} AND attempt = {ph[1]} AND status = 'running'"
         ),
+        # PostgreSQL: the library's merged forms (data-modifying CTEs), one statement each.
+        "record_batch": (
+            f"WITH new_batch AS (INSERT INTO {p}inventory (job_identifier, generation, "
+            "processing_start, range_start, range_end, weight, item_count, attempt, max_attempts, "
+            f"status, lease_expires_at, worker) VALUES ({ph[0]}, {ph[1]}, {now}, {ph[2]}, {ph[3]}, "
+            f"{ph[4]}, {ph[5]}, 1, 3, 'running', {lease}, {ph[6]}) RETURNING id, job_identifier, "
+            "range_start, range_end, weight, item_count, attempt, max_attempts, lease_expires_at), "
+            f"first_log AS (INSERT INTO {p}inventory_logs (id, attempt, processing_start, status, "
+            f"worker) SELECT id, 1, {now}, 'running', {ph[6]} FROM new_batch), "
+            f"moved_cursor AS (UPDATE {p}inventory_jobs SET cursor = {ph[3]}, updated_at = {now} "
+            f"WHERE job_identifier = {ph[0]}) SELECT * FROM new_batch"
+        ),
+        "finish_and_log": (
+            f"WITH finished AS (UPDATE {p}inventory SET status = 'succeeded', processing_end = "
+            f"{now}, lease_expires_at = NULL, result = NULL WHERE id = {ph[0]} AND attempt = "
+            f"{ph[1]} AND status = 'running' RETURNING id, attempt, max_attempts), closed_log AS "
+            f"(UPDATE {p}inventory_logs SET status = 'succeeded', processing_end = {now}, "
+            f"logging = NULL FROM finished WHERE {p}inventory_logs.id = finished.id AND "
+            f"{p}inventory_logs.attempt = finished.attempt AND {p}inventory_logs.status = "
+            "'running') SELECT max_attempts FROM finished"
+        ),
     }
 
 
@@ -123,16 +144,14 @@ class PgFloor:
                 return False
             first, last, weight, count = planned
             batch = await inv.fetchrow(
-                s["insert"], self.job, job["generation"], first, last, weight, count, self.worker
+                s["record_batch"], self.job, job["generation"], first, last, weight, count,
+                self.worker,
             )
-            await inv.execute(s["open_log"], batch["id"], self.worker)
-            await inv.execute(s["cursor"], last, self.job)
         items = [dict(r) for r in await self.meta.fetch(s["load"], first, last)]
         assert len(items) == count
-        async with inv.transaction():
-            if await inv.fetchrow(s["finish"], batch["id"], 1) is None:
-                raise RuntimeError("lost the batch")
-            await inv.execute(s["close_log"], batch["id"], 1)
+        # One statement, atomic by itself: no transaction block, as in the library.
+        if await inv.fetchrow(s["finish_and_log"], batch["id"], 1) is None:
+            raise RuntimeError("lost the batch")
         return True
 
 

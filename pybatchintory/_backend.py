@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,9 +13,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._engines import backend_errors, db_now, db_now_plus, retry_transient, write_transaction
+from ._engines import backend_errors, read_connection, retry_transient, write_transaction
 from ._source import BatchPlan, SourceBinding
-from ._tables import BackendTables, UtcDateTime, unfinished
+from ._statements import build_statements, lease_params
+from ._tables import BackendTables
 from .exceptions import BatchLostError, JobSourceMismatchError
 
 __all__ = ["Backend", "BatchRecord", "JobState"]
@@ -56,77 +58,8 @@ class Backend:
         self.engine = engine
         self.tables = tables
         self.dialect = engine.dialect.name
-        self._insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        self._stmts: dict[str, Any] | None = None
-
-    def _statements(self) -> dict[str, Any]:
-        """The acquisition's and finish's statements, built once with bind parameters.
-
-        A statement object memoizes its cache key: executing the same object with new
-        values skips statement construction and cache-key generation, which were about
-        a third of the CPU of an acquire-and-succeed cycle (benchmarks/floor.py).
-        """
-        if self._stmts is not None:
-            return self._stmts
-        jobs, b, logs = self.tables.jobs, self.tables.batches, self.tables.logs
-        now, p = db_now(self.dialect), sa.bindparam
-        lock = self._insert(jobs).values(
-            job_identifier=p("p_job"), source_kind=p("p_kind"), source=p("p_source"),
-            id_column=p("p_id_column"), filter_text=p("p_filter_text"),
-            created_at=now, updated_at=now,
-        )
-        lock = lock.on_conflict_do_update(
-            index_elements=[jobs.c.job_identifier], set_={"updated_at": now}
-        ).returning(
-            jobs.c.source_kind, jobs.c.source, jobs.c.id_column, jobs.c.filter_text,
-            jobs.c.cursor, jobs.c.generation,
-        )
-        later: sa.ColumnElement[Any]
-        if self.dialect == "sqlite":
-            later = sa.func.strftime(
-                "%Y-%m-%d %H:%M:%f", "now", p("p_lease_modifier")
-            ).concat("000")
-        else:
-            later = sa.func.now() + sa.func.make_interval(
-                0, 0, 0, 0, 0, 0, p("p_lease_seconds", type_=sa.Double)
-            )
-        self._stmts = {
-            "lock": lock,
-            "insert": sa.insert(b).values(
-                job_identifier=p("p_job"), generation=p("p_generation"), processing_start=now,
-                range_start=p("p_range_start"), range_end=p("p_range_end"),
-                weight=p("p_weight"), item_count=p("p_item_count"), attempt=1,
-                max_attempts=p("p_max_attempts"), status="running",
-                lease_expires_at=sa.type_coerce(later, UtcDateTime), worker=p("p_worker"),
-            ).returning(*self._record_columns()),
-            "cursor": sa.update(jobs)
-            .where(jobs.c.job_identifier == p("p_job"))
-            .values(cursor=p("p_cursor"), updated_at=now),
-            "open_log": sa.insert(logs).values(
-                id=p("p_batch_id"), attempt=p("p_attempt"), processing_start=now,
-                status="running", worker=p("p_worker"),
-            ),
-            "close_log": sa.update(logs)
-            .where(
-                logs.c.id == p("p_batch_id"), logs.c.attempt == p("p_attempt"),
-                logs.c.status == "running",
-            )
-            .values(status=p("p_status"), processing_end=now, logging=p("p_text")),
-            "finish": sa.update(b)
-            .where(b.c.id == p("p_batch_id"), b.c.attempt == p("p_attempt"), b.c.status == "running")
-            .values(
-                status=p("p_status"), processing_end=now, lease_expires_at=None,
-                result=p("p_result", type_=b.c.result.type),
-                max_attempts=b.c.max_attempts + p("p_refund", type_=sa.Integer),
-            )
-            .returning(b.c.max_attempts),
-        }
-        return self._stmts
-
-    def _lease_params(self, lease_seconds: float) -> dict[str, Any]:
-        if self.dialect == "sqlite":
-            return {"p_lease_modifier": f"{float(lease_seconds):+f} seconds"}
-        return {"p_lease_seconds": float(lease_seconds)}
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self.sql = build_statements(tables, self.dialect, insert)
 
     # -- creation -------------------------------------------------------------------
 
@@ -193,11 +126,8 @@ class Backend:
     async def lock_job(
         self, conn: AsyncConnection, job_identifier: str, binding: SourceBinding
     ) -> JobState:
-        """Insert the job's row if absent and lock it, in one statement.
-
-        ``ON CONFLICT DO UPDATE`` takes the row lock that ``SELECT … FOR UPDATE`` would,
-        and returns the row. On SQLite the transaction already holds the write lock.
-        """
+        """Insert the job's row if absent and lock it, in one statement; check that the
+        job is bound to ``binding``. On SQLite the transaction holds the write lock."""
         params = {
             "p_job": job_identifier,
             "p_kind": binding.kind,
@@ -205,7 +135,7 @@ class Backend:
             "p_id_column": binding.id_column,
             "p_filter_text": binding.filter_text,
         }
-        row = (await conn.execute(self._statements()["lock"], params)).one()
+        row = (await conn.execute(self.sql.lock_job, params)).one()
         bound = SourceBinding(row.source_kind, row.source, row.id_column, row.filter_text)
         if bound != binding:
             raise JobSourceMismatchError(
@@ -225,72 +155,36 @@ class Backend:
     ) -> BatchRecord | None:
         """Hand out again the job's oldest failed batch with attempts left, or running
         batch whose lease expired: same range, ``attempt + 1``, a new log row."""
-        b = self.tables.batches
-        now = db_now(self.dialect)
-        expired = sa.and_(b.c.status == "running", b.c.lease_expires_at < now)
-        retryable = sa.and_(b.c.status == "failed", b.c.attempt < b.c.max_attempts)
-        candidates = (
-            sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
-            .where(
-                b.c.job_identifier == job_identifier,
-                unfinished(b),
-                b.c.generation == job.generation,
-                sa.or_(expired, retryable),
-            )
-            .order_by(b.c.id)
-            .limit(1)
-        )
-        id_start, id_end = window
-        if id_start is not None:
-            candidates = candidates.where(b.c.range_start >= id_start)
-        if id_end is not None:
-            candidates = candidates.where(b.c.range_end <= id_end)
-        while (found := (await conn.execute(candidates)).first()) is not None:
-            # Fenced on what we saw: a finish or heartbeat that committed in between
-            # makes the update match nothing, and we look again.
+        lookup = {
+            "p_job": job_identifier,
+            "p_generation": job.generation,
+            "p_id_start": window[0],
+            "p_id_end": window[1],
+        }
+        while (found := (await conn.execute(self.sql.reclaim_candidate, lookup)).first()):
+            seen = {"p_batch_id": found.id, "p_attempt": found.attempt}
             was_running = found.status == "running"
-            fence = sa.and_(
-                b.c.id == found.id,
-                b.c.attempt == found.attempt,
-                expired if was_running else retryable,
-            )
             if was_running and found.attempt >= found.max_attempts:
-                await self._expire_exhausted(conn, fence, found.id, found.attempt)
+                await self._expire_exhausted(conn, seen)
                 continue
-            taken = (
-                await conn.execute(
-                    sa.update(b)
-                    .where(fence)
-                    .values(
-                        status="running",
-                        attempt=b.c.attempt + 1,
-                        processing_start=now,
-                        processing_end=None,
-                        lease_expires_at=db_now_plus(self.dialect, lease_seconds),
-                        worker=worker,
-                    )
-                    .returning(*self._record_columns())
-                )
-            ).first()
-            if taken is None:
+            take = self.sql.take_expired if was_running else self.sql.take_failed
+            params = {**seen, "p_worker": worker, **lease_params(self.dialect, lease_seconds)}
+            taken = (await conn.execute(take, params)).first()
+            if taken is None:  # finished or renewed since the lookup: look again
                 continue
             if was_running:
                 await self._close_log(conn, found.id, found.attempt, "failed", LEASE_EXPIRED)
-            await self._open_log(conn, taken.id, taken.attempt, worker)
+            await conn.execute(
+                self.sql.open_log,
+                {"p_batch_id": taken.id, "p_attempt": taken.attempt, "p_worker": worker},
+            )
             return BatchRecord(**taken._mapping)
         return None
 
-    async def _expire_exhausted(
-        self, conn: AsyncConnection, fence: sa.ColumnElement[bool], batch_id: int, attempt: int
-    ) -> None:
-        b = self.tables.batches
-        expired = await conn.execute(
-            sa.update(b)
-            .where(fence)
-            .values(status="failed", processing_end=db_now(self.dialect), lease_expires_at=None)
-        )
-        if expired.rowcount != 1:
+    async def _expire_exhausted(self, conn: AsyncConnection, seen: dict[str, int]) -> None:
+        if (await conn.execute(self.sql.expire_exhausted, seen)).rowcount != 1:
             return
+        batch_id, attempt = seen["p_batch_id"], seen["p_attempt"]
         await self._close_log(conn, batch_id, attempt, "failed", LEASE_EXPIRED)
         logger.warning(
             "batch %s used its last attempt (%s) and its lease expired; it stays failed",
@@ -311,7 +205,6 @@ class Backend:
         worker: str,
     ) -> BatchRecord:
         """Record a new batch, its first log row and the job's new cursor together."""
-        st = self._statements()
         params = {
             "p_job": job_identifier,
             "p_generation": job.generation,
@@ -321,40 +214,20 @@ class Backend:
             "p_item_count": plan.item_count,
             "p_max_attempts": max_attempts,
             "p_worker": worker,
-            **self._lease_params(lease_seconds),
+            **lease_params(self.dialect, lease_seconds),
         }
-        row = (await conn.execute(st["insert"], params)).one()
-        await self._open_log(conn, row.id, 1, worker)
-        await conn.execute(st["cursor"], {"p_job": job_identifier, "p_cursor": plan.range_end})
+        row = (await conn.execute(self.sql.record_batch, params)).one()
+        if not self.sql.combined:
+            log = {"p_batch_id": row.id, "p_attempt": 1, "p_worker": worker}
+            await conn.execute(self.sql.open_log, log)
+            await conn.execute(self.sql.move_cursor, params)
         return BatchRecord(**row._mapping)
-
-    def _record_columns(self) -> list[sa.Column[Any]]:
-        b = self.tables.batches
-        return [
-            b.c.id,
-            b.c.job_identifier,
-            b.c.range_start,
-            b.c.range_end,
-            b.c.weight,
-            b.c.item_count,
-            b.c.attempt,
-            b.c.max_attempts,
-            b.c.lease_expires_at,
-        ]
-
-    async def _open_log(
-        self, conn: AsyncConnection, batch_id: int, attempt: int, worker: str
-    ) -> None:
-        await conn.execute(
-            self._statements()["open_log"],
-            {"p_batch_id": batch_id, "p_attempt": attempt, "p_worker": worker},
-        )
 
     async def _close_log(
         self, conn: AsyncConnection, batch_id: int, attempt: int, status: str, text: str | None
     ) -> None:
         await conn.execute(
-            self._statements()["close_log"],
+            self.sql.close_log,
             {"p_batch_id": batch_id, "p_attempt": attempt, "p_status": status, "p_text": text},
         )
 
@@ -383,14 +256,16 @@ class Backend:
             "p_status": status,
             "p_result": result,
             "p_refund": 1 if refund_attempt else 0,
+            "p_text": text,
         }
 
         async def attempt_finish() -> int:
-            async with write_transaction(self.engine) as conn:
-                row = (await conn.execute(self._statements()["finish"], params)).first()
+            async with self._single_write() as conn:
+                row = (await conn.execute(self.sql.finish, params)).first()
                 if row is None:
                     raise _lost(batch_id, attempt)
-                await self._close_log(conn, batch_id, attempt, status, text)
+                if not self.sql.combined:
+                    await conn.execute(self.sql.close_log, params)
                 return int(row.max_attempts)
 
         async with backend_errors(f"recording batch {batch_id} as {status}", self.engine):
@@ -398,16 +273,15 @@ class Backend:
 
     async def heartbeat(self, batch_id: int, attempt: int, lease_seconds: float) -> datetime:
         """Extend the lease of a running attempt; return the new expiry."""
-        b = self.tables.batches
+        params = {
+            "p_batch_id": batch_id,
+            "p_attempt": attempt,
+            **lease_params(self.dialect, lease_seconds),
+        }
 
         async def attempt_renew() -> datetime:
-            async with write_transaction(self.engine) as conn:
-                expires = await conn.scalar(
-                    sa.update(b)
-                    .where(b.c.id == batch_id, b.c.attempt == attempt, b.c.status == "running")
-                    .values(lease_expires_at=db_now_plus(self.dialect, lease_seconds))
-                    .returning(b.c.lease_expires_at)
-                )
+            async with self._single_write() as conn:
+                expires = await conn.scalar(self.sql.heartbeat, params)
                 if expires is None:
                     raise _lost(batch_id, attempt)
                 return expires  # type: ignore[no-any-return]
@@ -415,6 +289,12 @@ class Backend:
         async with backend_errors(f"renewing the lease of batch {batch_id}", self.engine):
             return await retry_transient(attempt_renew)
 
+    def _single_write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """Where one statement does the whole write (PostgreSQL), it is atomic by itself:
+        autocommit saves the BEGIN and COMMIT round trips."""
+        if self.sql.combined:
+            return read_connection(self.engine)
+        return write_transaction(self.engine)
 
     async def requeue(self, job_identifier: str, batch_id: int | None) -> list[int]:
         """Give failed batches that used up their attempts one more; return their ids."""

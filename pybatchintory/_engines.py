@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -16,7 +15,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ._tables import UtcDateTime
 from .config import Settings, hide_password
 from .exceptions import BackendError, ConfigurationError
 
@@ -24,8 +22,7 @@ __all__ = [
     "backend_errors",
     "complete_despite_cancellation",
     "create_engine",
-    "db_now",
-    "db_now_plus",
+    "cursor_transaction",
     "read_connection",
     "retry_transient",
     "write_transaction",
@@ -42,6 +39,8 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 # 10 made acquisitions fail. Bound the loop by time instead, like a lock timeout.
 _RETRY_SECONDS = 30.0
 _MAX_BACKOFF_SECONDS = 0.5
+# PostgreSQL engines created in autocommit mode (the metadata engine)
+_AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def _async_url(dsn: str) -> URL:
@@ -76,14 +75,17 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
         kwargs["pool_size"] = settings.pool_size
         kwargs["max_overflow"] = settings.pool_size
         kwargs["connect_args"] = {"server_settings": {"application_name": "pybatchintory"}}
-        if writer:
-            kwargs["isolation_level"] = settings.isolation_level
+        # The metadata engine only reads, one statement at a time: autocommit, set once
+        # per pooled connection, saves BEGIN/ROLLBACK round trips on every read.
+        kwargs["isolation_level"] = settings.isolation_level if writer else "AUTOCOMMIT"
     try:
         engine = create_async_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigurationError(f"cannot create an engine for {hide_password(dsn)}: {exc}") from None
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, settings, writer=writer)
+    elif not writer:
+        _AUTOCOMMIT_ENGINES.add(engine.sync_engine)
     return engine
 
 
@@ -124,37 +126,22 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 @asynccontextmanager
 async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for short reads; PostgreSQL skips BEGIN/ROLLBACK round trips."""
+    """A connection for short reads, or for one statement that is a whole write:
+    PostgreSQL skips the BEGIN/ROLLBACK round trips."""
     async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
+        if engine.dialect.name == "postgresql" and engine.sync_engine not in _AUTOCOMMIT_ENGINES:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
 
 
-@functools.cache
-def db_now(dialect_name: str) -> sa.ColumnElement[datetime]:
-    """The database's clock: leases never depend on a worker's clock.
-
-    Cached: one immutable element per dialect, so no statement re-instantiates
-    UtcDateTime (a TypeDecorator adapts its impl on every instantiation).
-    """
-    if dialect_name == "sqlite":
-        # The format SQLAlchemy stores SQLite datetimes in, with microseconds.
-        now = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000")
-        return sa.type_coerce(now, UtcDateTime)
-    return sa.type_coerce(sa.func.now(), UtcDateTime)
-
-
-@functools.lru_cache(maxsize=64)
-def db_now_plus(dialect_name: str, seconds: float) -> sa.ColumnElement[datetime]:
-    """The database's clock plus ``seconds`` (cached per lease length)."""
-    if dialect_name == "sqlite":
-        later = sa.func.strftime(
-            "%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{float(seconds):+f} seconds")
-        ).concat("000")
-        return sa.type_coerce(later, UtcDateTime)
-    interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(seconds), sa.Double))
-    return sa.type_coerce(sa.func.now() + interval, UtcDateTime)
+@asynccontextmanager
+async def cursor_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read transaction, which PostgreSQL's server-side cursors need."""
+    async with engine.connect() as conn:
+        if engine.sync_engine in _AUTOCOMMIT_ENGINES:
+            conn = await conn.execution_options(isolation_level="READ COMMITTED")
+        async with conn.begin():
+            yield conn
 
 
 def is_transient(exc: BaseException) -> bool:

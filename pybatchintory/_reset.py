@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ._engines import backend_errors, db_now, retry_transient, write_transaction
+from ._engines import backend_errors, retry_transient, write_transaction
 from ._reports import ResetResult
+from ._statements import db_now
 from ._status import job_row
 from ._tables import unfinished
 from .exceptions import BatchStateError, InvalidArgumentError

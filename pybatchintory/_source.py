@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import CompileError, NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._engines import read_connection
+from ._engines import cursor_transaction, read_connection
 from ._tables import BackendTables, unfinished
 from .exceptions import InvalidFilterError, SourceDataError, UnknownColumnError, UnknownTableError
 
@@ -250,7 +250,7 @@ class Source:
         self, range_start: int, range_end: int, chunk_size: int = 1000
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The rows of the range in chunks, through a server-side cursor."""
-        async with self.engine.connect() as conn:
+        async with cursor_transaction(self.engine) as conn:
             result = await conn.stream(
                 self._range.execution_options(yield_per=chunk_size),
                 {"pybi_start": range_start, "pybi_end": range_end},

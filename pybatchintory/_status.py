@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._engines import backend_errors, db_now, read_connection
+from ._engines import backend_errors, read_connection
 from ._reports import Backlog, JobStatus, JobSummary
 from ._source import Filter, Source, job_source, reflect_table_source
+from ._statements import db_now
 from ._tables import unfinished
 from .exceptions import InvalidArgumentError, JobSourceMismatchError
 

@@ -1,0 +1,236 @@
+"""The backend's statements, built once per inventory with bind parameters (no I/O).
+
+A statement object memoizes its cache key: executing the same object with new values
+skips statement construction and cache-key generation, which were about a third of
+the CPU of an acquire-and-succeed cycle (benchmarks/floor.py).
+
+On PostgreSQL, data-modifying CTEs let one statement do what takes several on SQLite:
+recording a batch writes the batch, its first log row and the job's cursor at once,
+and finishing closes the batch and its log row at once. A single statement is atomic
+by itself, so finishing and heartbeats need no BEGIN/COMMIT round trips either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from ._tables import BackendTables, UtcDateTime, unfinished
+
+__all__ = ["RECORD_COLUMNS", "Statements", "build_statements", "lease_params"]
+
+# What a worker is handed about its batch: the columns returned by insert and reclaim.
+RECORD_COLUMNS = (
+    "id",
+    "job_identifier",
+    "range_start",
+    "range_end",
+    "weight",
+    "item_count",
+    "attempt",
+    "max_attempts",
+    "lease_expires_at",
+)
+_LOWEST, _HIGHEST = -(2**63), 2**63 - 1
+p = sa.bindparam
+
+
+def db_now(dialect: str) -> sa.ColumnElement[datetime]:
+    """The database's clock: leases never depend on a worker's clock."""
+    if dialect == "sqlite":
+        # The format SQLAlchemy stores SQLite datetimes in, with microseconds.
+        return sa.type_coerce(
+            sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000"), UtcDateTime
+        )
+    return sa.type_coerce(sa.func.now(), UtcDateTime)
+
+
+def lease_expiry(dialect: str) -> sa.ColumnElement[datetime]:
+    """The database's clock plus the lease given by :func:`lease_params`."""
+    if dialect == "sqlite":
+        later = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", p("p_lease_modifier"))
+        return sa.type_coerce(later.concat("000"), UtcDateTime)
+    interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, p("p_lease_seconds", type_=sa.Double))
+    return sa.type_coerce(sa.func.now() + interval, UtcDateTime)
+
+
+def lease_params(dialect: str, seconds: float) -> dict[str, Any]:
+    """The bind parameters of :func:`lease_expiry`."""
+    if dialect == "sqlite":
+        return {"p_lease_modifier": f"{float(seconds):+f} seconds"}
+    return {"p_lease_seconds": float(seconds)}
+
+
+@dataclass(frozen=True)
+class Statements:
+    """Every statement of the acquisition and finishing paths, for one dialect.
+
+    ``record_batch`` and ``finish`` close the log row themselves where ``combined``
+    (PostgreSQL); elsewhere ``open_log``, ``move_cursor`` and ``close_log`` follow them
+    in the same transaction.
+    """
+
+    combined: bool
+    lock_job: Any
+    reclaim_candidate: Any
+    take_expired: Any
+    take_failed: Any
+    expire_exhausted: Any
+    record_batch: Any
+    open_log: Any
+    move_cursor: Any
+    close_log: Any
+    finish: Any
+    heartbeat: Any
+
+
+def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statements:
+    """Build the statements; ``insert`` is the dialect's insert (for ON CONFLICT)."""
+    jobs, b, logs = tables.jobs, tables.batches, tables.logs
+    now, later = db_now(dialect), lease_expiry(dialect)
+    record = [b.c[name] for name in RECORD_COLUMNS]
+
+    lock_job = (
+        insert(jobs)
+        .values(
+            job_identifier=p("p_job"),
+            source_kind=p("p_kind"),
+            source=p("p_source"),
+            id_column=p("p_id_column"),
+            filter_text=p("p_filter_text"),
+            created_at=now,
+            updated_at=now,
+        )
+        # DO UPDATE takes the row lock that SELECT ... FOR UPDATE would, and returns it.
+        .on_conflict_do_update(index_elements=[jobs.c.job_identifier], set_={"updated_at": now})
+        .returning(
+            jobs.c.source_kind,
+            jobs.c.source,
+            jobs.c.id_column,
+            jobs.c.filter_text,
+            jobs.c.cursor,
+            jobs.c.generation,
+        )
+    )
+
+    expired = sa.and_(b.c.status == "running", b.c.lease_expires_at < now)
+    retryable = sa.and_(b.c.status == "failed", b.c.attempt < b.c.max_attempts)
+    reclaim_candidate = (
+        sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
+        .where(
+            b.c.job_identifier == p("p_job"),
+            unfinished(b),
+            b.c.generation == p("p_generation"),
+            sa.or_(expired, retryable),
+            b.c.range_start >= sa.func.coalesce(p("p_id_start", type_=sa.BigInteger), _LOWEST),
+            b.c.range_end <= sa.func.coalesce(p("p_id_end", type_=sa.BigInteger), _HIGHEST),
+        )
+        .order_by(b.c.id)
+        .limit(1)
+    )
+    # Fenced on what the candidate query saw: a finish or heartbeat that committed in
+    # between makes these match nothing.
+    seen = sa.and_(b.c.id == p("p_batch_id"), b.c.attempt == p("p_attempt"))
+    take = sa.update(b).values(
+        status="running",
+        attempt=b.c.attempt + 1,
+        processing_start=now,
+        processing_end=None,
+        lease_expires_at=later,
+        worker=p("p_worker"),
+    )
+    expire_exhausted = (
+        sa.update(b)
+        .where(seen, expired)
+        .values(status="failed", processing_end=now, lease_expires_at=None)
+    )
+
+    insert_batch = sa.insert(b).values(
+        job_identifier=p("p_job"),
+        generation=p("p_generation"),
+        processing_start=now,
+        range_start=p("p_range_start"),
+        range_end=p("p_range_end"),
+        weight=p("p_weight"),
+        item_count=p("p_item_count"),
+        attempt=1,
+        max_attempts=p("p_max_attempts"),
+        status="running",
+        lease_expires_at=later,
+        worker=p("p_worker"),
+    )
+    move_cursor = (
+        sa.update(jobs)
+        .where(jobs.c.job_identifier == p("p_job"))
+        .values(cursor=p("p_range_end"), updated_at=now)
+    )
+    open_log = sa.insert(logs).values(
+        id=p("p_batch_id"),
+        attempt=p("p_attempt"),
+        processing_start=now,
+        status="running",
+        worker=p("p_worker"),
+    )
+    close_log = (
+        sa.update(logs)
+        .where(logs.c.id == p("p_batch_id"), logs.c.attempt == p("p_attempt"))
+        .where(logs.c.status == "running")
+        .values(status=p("p_status"), processing_end=now, logging=p("p_text"))
+    )
+    finish = (
+        sa.update(b)
+        .where(seen, b.c.status == "running")
+        .values(
+            status=p("p_status"),
+            processing_end=now,
+            lease_expires_at=None,
+            result=p("p_result", type_=b.c.result.type),
+            max_attempts=b.c.max_attempts + p("p_refund", type_=sa.Integer),
+        )
+    )
+    heartbeat = (
+        sa.update(b)
+        .where(seen, b.c.status == "running")
+        .values(lease_expires_at=later)
+        .returning(b.c.lease_expires_at)
+    )
+
+    combined = dialect == "postgresql"
+    if combined:
+        new = insert_batch.returning(*record).cte("new_batch")
+        first_log = sa.insert(logs).from_select(
+            ["id", "attempt", "processing_start", "status", "worker"],
+            sa.select(new.c.id, sa.literal(1), now, sa.literal("running"), p("p_worker")),
+        )
+        record_batch: Any = sa.select(*(new.c[name] for name in RECORD_COLUMNS)).add_cte(
+            first_log.cte("first_log"), move_cursor.cte("moved_cursor")
+        )
+        done = finish.returning(b.c.id, b.c.attempt, b.c.max_attempts).cte("finished")
+        closed = (
+            sa.update(logs)
+            .where(logs.c.id == done.c.id, logs.c.attempt == done.c.attempt)
+            .where(logs.c.status == "running")
+            .values(status=p("p_status"), processing_end=now, logging=p("p_text"))
+        )
+        finish_stmt: Any = sa.select(done.c.max_attempts).add_cte(closed.cte("closed_log"))
+    else:
+        record_batch = insert_batch.returning(*record)
+        finish_stmt = finish.returning(b.c.max_attempts)
+
+    return Statements(
+        combined=combined,
+        lock_job=lock_job,
+        reclaim_candidate=reclaim_candidate,
+        take_expired=take.where(seen, expired).returning(*record),
+        take_failed=take.where(seen, retryable).returning(*record),
+        expire_exhausted=expire_exhausted,
+        record_batch=record_batch,
+        open_log=open_log,
+        move_cursor=move_cursor,
+        close_log=close_log,
+        finish=finish_stmt,
+        heartbeat=heartbeat,
+    )
