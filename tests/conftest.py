@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,21 @@ class Db:
     async def scalar(self, sql: str, **params: Any) -> Any:
         rows = await self.rows(sql, **params)
         return rows[0][0] if rows else None
+
+    async def blocked_session_pid(self) -> int:
+        """PostgreSQL: the pid of our session that waits for a lock on this schema's
+        tables, once there is one (polled for up to a minute)."""
+        deadline = time.monotonic() + 60
+        while True:
+            pid = await self.scalar(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND application_name = 'pybatchintory' AND position(:schema in query) > 0",
+                schema=self.schema,
+            )
+            if pid is not None:
+                return int(pid)
+            assert time.monotonic() < deadline, "no session of ours ever waited for the lock"
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -59,28 +59,13 @@ async def test_a_batch_of_a_killed_worker_is_handed_out_again_after_its_lease(db
 # -- connections terminated by the server (PostgreSQL) -------------------------------
 
 
-async def blocked_backend(db: Db) -> int:
-    """The pid of our session that waits for a lock on the test schema's tables."""
-    deadline = time.monotonic() + 60
-    while True:
-        pid = await db.scalar(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND application_name = 'pybatchintory' AND position(:schema in query) > 0",
-            schema=db.schema,
-        )
-        if pid is not None:
-            return int(pid)
-        assert time.monotonic() < deadline, "the call never waited for the held lock"
-        await asyncio.sleep(0.02)
-
-
 async def terminate_while_blocked(db: Db, lock_sql: str, call: Awaitable[Any], **params: Any) -> None:
     """Hold a row lock, start ``call``, kill its session while it waits; expect BackendError."""
     async with db.engine.connect() as holder:
         await holder.begin()
         await holder.execute(sa.text(lock_sql.replace("{s}", f"{db.schema}.")), params)
         task = asyncio.ensure_future(call)
-        pid = await blocked_backend(db)
+        pid = await db.blocked_session_pid()
         assert await db.scalar("SELECT pg_terminate_backend(:pid)", pid=pid) is True
         with pytest.raises(BackendError) as raised:
             await task

@@ -88,18 +88,6 @@ async def lock_job_row(db: Db, conn: AsyncConnection, job: str) -> None:
     )
 
 
-async def wait_until_blocked(db: Db) -> None:
-    """Until one of our sessions waits for a lock on the test schema's tables."""
-    deadline = time.monotonic() + 60
-    while not await db.rows(
-        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND application_name = 'pybatchintory' AND position(:schema in query) > 0",
-        schema=db.schema,
-    ):
-        assert time.monotonic() < deadline, "the acquisition never waited for the job lock"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
 async def test_cancelling_an_acquisition_blocked_on_the_job_lock_releases_its_session(
     db: Db,
@@ -114,7 +102,7 @@ async def test_cancelling_an_acquisition_blocked_on_the_job_lock_releases_its_se
             await holder.begin()
             await lock_job_row(db, holder, "j")
             task = asyncio.ensure_future(inv.acquire_batch(**acquire))
-            await wait_until_blocked(db)
+            await db.blocked_session_pid()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -172,7 +160,7 @@ async def test_a_cancellation_during_the_exit_bookkeeping_does_not_cut_it_short(
                 {"i": batch.id},
             )
             task = asyncio.ensure_future(work())
-            await wait_until_blocked(db)
+            await db.blocked_session_pid()
             task.cancel()  # asyncio's own cancellation, as wait_for or a TaskGroup sends
             await asyncio.sleep(0.2)
             assert not task.done()  # still recording, not abandoned
