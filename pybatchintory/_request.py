@@ -35,6 +35,8 @@ class AcquireRequest:
     max_attempts: int
     lease_seconds: float
     load_items: bool
+    settle_column: str | None = None
+    settle_seconds: float | None = None
 
     @property
     def window(self) -> tuple[int | None, int | None]:
@@ -127,6 +129,8 @@ def make_request(
     max_attempts: int | None,
     lease_seconds: float | None,
     load_items: bool,
+    settle_column: str | None = None,
+    settle_seconds: float | None = None,
 ) -> AcquireRequest:
     """Check every argument; raise InvalidArgumentError naming the first bad one."""
     job = resolve_job_identifier(job_identifier, job_identifer)
@@ -149,7 +153,19 @@ def make_request(
     lease = settings.lease_seconds if lease_seconds is None else _positive_number(lease_seconds, "lease_seconds")
     if lease is None:
         raise InvalidArgumentError("lease_seconds must be finite")
+    settle = _positive_number(settle_seconds, "settle_seconds")
+    if (settle_column is None) != (settle is None):
+        raise InvalidArgumentError(
+            "settle_column and settle_seconds go together: the timestamp column of the "
+            "source and how long a new row may take to become visible"
+        )
+    if settle_column is not None and source_job is not None:
+        raise InvalidArgumentError(
+            "settle_column applies to a source table; a source job's batches need none"
+        )
     return AcquireRequest(
+        settle_column=None if settle_column is None else _name(settle_column, "settle_column"),
+        settle_seconds=settle,
         job_identifier=job,
         source_table=source_table,
         source_job=source_job,

@@ -165,6 +165,8 @@ class Source:
     where: sa.ColumnElement[bool]
     item_cols: Sequence[sa.ColumnElement[Any]]
     binding: SourceBinding
+    # planning only: never plan past this condition (the settle lag), items unaffected
+    plan_bound: sa.ColumnElement[bool] | None = None
     # the last batch's item count, so the first page usually covers the whole batch
     page_hint: int = field(default=_FIRST_PAGE)
 
@@ -180,6 +182,8 @@ class Source:
             .order_by(self.id_col)
             .limit(sa.bindparam("pybi_page", type_=sa.Integer()))
         )
+        if self.plan_bound is not None:
+            page = page.where(self.plan_bound)
         self._page: sa.Select[Any] = page
         self._page_upto: sa.Select[Any] = page.where(
             self.id_col <= sa.bindparam("pybi_upper", type_=id_type)
@@ -355,6 +359,8 @@ async def reflect_table_source(
     weight_column: str | None,
     item_columns: Iterable[str] | None,
     filter: Filter,
+    settle_column: str | None = None,
+    settle_seconds: float | None = None,
 ) -> Source:
     """Reflect ``source_table`` and check every named column and the filter."""
     schema, name = _split_name(source_table)
@@ -372,7 +378,39 @@ async def reflect_table_source(
         items = [_column(table, c, "item", (sa.types.TypeEngine,)) for c in item_columns]
     where = build_filter(table, filter)
     binding = SourceBinding("table", table.fullname, id_column, filter_text(where, engine.dialect))
-    return Source(engine, table, id_col, weight_col, where, items, binding)
+    bound = None
+    if settle_column is not None and settle_seconds is not None:
+        settle_col = _column(table, settle_column, "settle", (sa.DateTime,))
+        bound = settle_bound(table, id_col, settle_col, settle_seconds, engine.dialect.name)
+    return Source(engine, table, id_col, weight_col, where, items, binding, bound)
+
+
+def settle_bound(
+    table: sa.Table,
+    id_col: sa.ColumnElement[int],
+    settle_col: sa.ColumnElement[Any],
+    seconds: float,
+    dialect: str,
+) -> sa.ColumnElement[bool]:
+    """Stop before the lowest id whose row is younger than ``seconds``.
+
+    Ids are assigned at insert, not at commit: a row with a lower id can become visible
+    after higher ones. A job that never plans past a row still settling gives slow
+    writers ``seconds`` to commit. Not a filter: a filter would skip the young row and
+    take the older ones above it, leaving the young one behind for good. One statement
+    with the page, so both see one snapshot; an index on the timestamp keeps it cheap.
+    """
+    if dialect == "sqlite":
+        # SQLite keeps timestamps as ISO text, which compares in time order.
+        threshold: Any = sa.func.strftime(
+            "%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{-float(seconds):+f} seconds")
+        )
+        young = sa.type_coerce(settle_col, sa.String) > threshold
+    else:
+        interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(seconds), sa.Double))
+        young = settle_col > sa.func.now() - interval
+    first_young = sa.select(sa.func.min(id_col)).where(young).scalar_subquery()
+    return id_col < sa.func.coalesce(first_young, _NO_UPPER)
 
 
 def job_source(engine: AsyncEngine, tables: BackendTables, upstream_job: str) -> Source:

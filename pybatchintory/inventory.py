@@ -306,6 +306,8 @@ class Inventory:
         max_attempts: int | None = None,
         lease_seconds: float | None = None,
         load_items: bool = True,
+        settle_column: str | None = None,
+        settle_seconds: float | None = None,
         job_identifer: str | None = None,
     ) -> Batch | None:
         """Take the job's next batch, or None when nothing is left in its window.
@@ -315,6 +317,9 @@ class Inventory:
         after the job's cursor (and at ``id_start`` or later, up to ``id_end``) and holds
         the most consecutive matching items whose weights sum to at most ``weight``
         (an item heavier than ``weight`` forms a batch alone) and at most ``max_items``.
+        ``settle_column`` and ``settle_seconds`` keep the job from planning past a row
+        younger than ``settle_seconds`` by that timestamp column, so that rows whose
+        lower ids become visible late are not skipped (see the README's known hazard).
         ``job_identifer`` is an alias of ``job_identifier``.
         """
         request = make_request(self.settings, **_acquire_arguments(locals()))
@@ -339,6 +344,8 @@ class Inventory:
         max_attempts: int | None = None,
         lease_seconds: float | None = None,
         load_items: bool = True,
+        settle_column: str | None = None,
+        settle_seconds: float | None = None,
         job_identifer: str | None = None,
     ) -> AsyncIterator[Batch]:
         """Yield up to ``batch_count`` batches (None: until nothing is left), one at a time.
@@ -386,6 +393,8 @@ class Inventory:
                     weight_column=request.weight_column,
                     item_columns=request.item_columns,
                     filter=request.filter,
+                    settle_column=request.settle_column,
+                    settle_seconds=request.settle_seconds,
                 )
         if key is not None:
             # The filter object is kept alive with the entry, so its id() stays unique.
@@ -538,6 +547,8 @@ def _source_key(request: AcquireRequest) -> Hashable | None:
         request.id_column,
         request.weight_column,
         request.item_columns,
+        request.settle_column,
+        request.settle_seconds,
         filter_key,
     )
 
