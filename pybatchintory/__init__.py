@@ -8,6 +8,7 @@ and :func:`configure`. Errors: :mod:`pybatchintory.exceptions`.
 
 import logging
 
+from ._reports import AttemptLog, Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 from .batch import Batch
 from .config import Settings
 from .exceptions import (
@@ -39,6 +40,8 @@ __version__ = "0.1.0"
 logging.getLogger("pybatchintory").addHandler(logging.NullHandler())
 
 __all__ = [
+    "AttemptLog",
+    "Backlog",
     "BackendError",
     "Batch",
     "BatchLostError",
@@ -48,11 +51,15 @@ __all__ = [
     "InvalidFilterError",
     "Inventory",
     "JobSourceMismatchError",
+    "JobStatus",
+    "JobSummary",
     "PyBatchintoryError",
+    "ResetResult",
     "Settings",
     "SourceDataError",
     "SyncBatch",
     "SyncInventory",
+    "TraceEntry",
     "UnknownColumnError",
     "UnknownTableError",
     "__version__",

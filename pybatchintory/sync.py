@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 from .batch import Batch
 from .config import Settings
 from .inventory import Inventory, load_settings
@@ -205,8 +206,34 @@ class SyncInventory:
             self._portal.call(_close, batches)
 
     def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run an async method of the inventory (``status``, ``retry``, ...) and wait."""
+        """Run any coroutine function in this inventory's event loop and wait for it."""
         return self._portal.call(functools.partial(method, *args, **kwargs))
+
+    def retry(self, job_identifier: str, batch_id: int | None = None) -> list[int]:
+        """Same as :meth:`Inventory.retry`."""
+        return self.call(self._inventory.retry, job_identifier, batch_id)
+
+    def status(self, job_identifier: str, **kwargs: Any) -> JobStatus:
+        """Same as :meth:`Inventory.status`."""
+        return self.call(self._inventory.status, job_identifier, **kwargs)
+
+    def jobs(self) -> list[JobSummary]:
+        """Same as :meth:`Inventory.jobs`."""
+        return self.call(self._inventory.jobs)
+
+    def trace(self, source_table: str, item_id: int) -> list[TraceEntry]:
+        """Same as :meth:`Inventory.trace`."""
+        return self.call(self._inventory.trace, source_table, item_id)
+
+    def reset(
+        self, job_identifier: str, to_id: int | None = None, *, force: bool = False
+    ) -> ResetResult:
+        """Same as :meth:`Inventory.reset`."""
+        return self.call(self._inventory.reset, job_identifier, to_id, force=force)
+
+    def backlog(self, *args: Any, **kwargs: Any) -> Backlog:
+        """Same as :meth:`Inventory.backlog`."""
+        return self.call(self._inventory.backlog, *args, **kwargs)
 
     def close(self) -> None:
         """Dispose of the engines and stop the event-loop thread."""
