@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .config import Settings, hide_password
+from .config import Settings, hide_password, safe_url
 from .exceptions import BackendError, ConfigurationError
 
 __all__ = [
@@ -213,8 +213,8 @@ async def backend_errors(what: str, engine: AsyncEngine) -> AsyncIterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
+        where = safe_url(engine.url)
         raise BackendError(f"{what} failed on {where}: {describe(exc)}") from exc
     except OSError as exc:  # connection refused before SQLAlchemy could wrap it
-        where = engine.url.render_as_string(hide_password=True)
+        where = safe_url(engine.url)
         raise BackendError(f"{what} failed on {where}: {type(exc).__name__}: {exc}") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Union
@@ -20,7 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._engines import cursor_transaction, read_connection
 from ._tables import BackendTables, unfinished
-from .exceptions import InvalidFilterError, SourceDataError, UnknownColumnError, UnknownTableError
+from .exceptions import (
+    InvalidArgumentError,
+    InvalidFilterError,
+    SourceDataError,
+    UnknownColumnError,
+    UnknownTableError,
+)
 
 __all__ = [
     "BatchPlan",
@@ -216,9 +223,19 @@ class Source:
         return self._range
 
     async def plan(
-        self, start: int, upper: int | None, budget: float | None, max_items: int | None
+        self,
+        start: int,
+        upper: int | None,
+        budget: float | None,
+        max_items: int | None,
+        conn: AsyncConnection | None = None,
     ) -> BatchPlan | None:
-        """Choose the next batch: the longest run of matching ids from ``start`` that fits."""
+        """Choose the next batch: the longest run of matching ids from ``start`` that fits.
+
+        ``conn``: plan on this connection (one of this source's engine) rather than a
+        pooled one; a job source plans inside the acquisition's own transaction, which
+        would otherwise hold one inventory connection while waiting for a second.
+        """
         acc = RangeAccumulator(budget, max_items)
         page = self.page_hint if max_items is None else min(self.page_hint, max_items)
         page = max(page, 1)
@@ -226,9 +243,9 @@ class Source:
         params: dict[str, Any] = {"pybi_start": start, "pybi_page": page}
         if upper is not None:
             params["pybi_upper"] = upper
-        async with read_connection(self.engine) as conn:
+        async with nullcontext(conn) if conn is not None else read_connection(self.engine) as db:
             while True:
-                rows = (await conn.execute(query, params)).all()
+                rows = (await db.execute(query, params)).all()
                 acc.offer_rows(rows)
                 if acc.full or len(rows) < params["pybi_page"]:
                     break
@@ -254,6 +271,8 @@ class Source:
         self, range_start: int, range_end: int, chunk_size: int = 1000
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """The rows of the range in chunks, through a server-side cursor."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise InvalidArgumentError(f"chunk_size must be an integer > 0, got {chunk_size!r}")
         async with cursor_transaction(self.engine) as conn:
             result = await conn.stream(
                 self._range.execution_options(yield_per=chunk_size),

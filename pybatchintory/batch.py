@@ -104,8 +104,6 @@ class Batch:
 
     async def iter_item_chunks(self, chunk_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
         """Like :meth:`iter_items`, a list of up to ``chunk_size`` rows at a time."""
-        if chunk_size <= 0:
-            raise InvalidArgumentError(f"chunk_size must be > 0, got {chunk_size!r}")
         async for chunk in self._source.stream(self.range_start, self.range_end, chunk_size):
             yield chunk
 
@@ -134,9 +132,22 @@ class Batch:
         self._check_running("record failure of")
         await self._finish(succeeded=False, result=None, text=error_text(exc_or_text))
 
-    async def _finish(self, *, succeeded: bool, result: Any, text: str | None) -> None:
+    async def release(self, reason: str = "released by its worker unprocessed") -> None:
+        """Hand the batch back unprocessed, without using up an attempt: the next
+        acquisition takes it again (for a worker shutting down before it starts)."""
+        self._check_running("release")
+        await self._finish(succeeded=False, result=None, text=reason, refund_attempt=True)
+
+    async def _finish(
+        self, *, succeeded: bool, result: Any, text: str | None, refund_attempt: bool = False
+    ) -> None:
         max_attempts = await self._backend.finish(
-            self.id, self.attempt, succeeded=succeeded, result=result, text=text
+            self.id,
+            self.attempt,
+            succeeded=succeeded,
+            result=result,
+            text=text,
+            refund_attempt=refund_attempt,
         )
         self.status = "succeeded" if succeeded else "failed"
         if not succeeded:
@@ -218,6 +229,8 @@ class Batch:
 
     async def _record_exit(self, exc: BaseException | None) -> None:
         await self.stop_renewal()
+        if self.status != "running":  # the body recorded the outcome itself
+            return
         if exc is None:
             await self.success()
             return

@@ -13,12 +13,12 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password"]
+__all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password", "safe_url"]
 
 DEFAULT_INVENTORY_URL = "sqlite+aiosqlite:///pybatchintory.sqlite3"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -29,10 +29,20 @@ def _env_files() -> tuple[str, ...]:
     return (".env", named) if named else (".env",)
 
 
+# Query parameters that drivers accept as secrets (asyncpg takes ?password=...).
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
+
+
+def safe_url(url: URL) -> str:
+    """Render a parsed URL with its password, also one given in the query, as ``***``."""
+    hidden = {key: "***" for key in url.query if key.lower() in _SECRET_QUERY_KEYS}
+    return url.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
 def hide_password(url: str) -> str:
-    """Render a database URL with its password replaced by ``***``."""
+    """Render a database URL with its password (in the userinfo or the query) hidden."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return safe_url(make_url(url))
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable URL>"
 

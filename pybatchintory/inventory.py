@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -25,12 +26,14 @@ from ._source import Filter, Source, job_source, reflect_table_source
 from ._tables import build_tables
 from .batch import Batch
 from .config import Settings, hide_password
-from .exceptions import BatchStateError
+from .exceptions import BatchStateError, ConfigurationError
 
 if TYPE_CHECKING:
     from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 
 __all__ = ["Inventory"]
+
+_SOURCE_CACHE_SIZE = 64
 
 logger = logging.getLogger("pybatchintory")
 
@@ -41,6 +44,14 @@ def load_settings(settings: Settings | None, overrides: Mapping[str, Any]) -> Se
     Raises ConfigurationError (without input values: a URL may carry a password).
     """
     given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = sorted(set(given) - set(Settings.model_fields))
+    if unknown:
+        # Environment variables may carry anything; a misspelled argument must not
+        # silently fall back to a default such as the local SQLite file.
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(unknown)}; the settings are: "
+            f"{', '.join(Settings.model_fields)}"
+        )
     if settings is None:
         return Settings(**given)
     if not given:
@@ -73,7 +84,8 @@ class Inventory:
         self._tables = build_tables(self.settings)
         self._backend: Backend | None = None
         self._meta_engine: AsyncEngine | None = None
-        self._sources: dict[Hashable, tuple[Source, Any]] = {}
+        # LRU: a filter written inline makes a new object (and key) at every call.
+        self._sources: OrderedDict[Hashable, tuple[Source, Any]] = OrderedDict()
 
     def __repr__(self) -> str:
         state = "open" if self._backend is not None else "closed"
@@ -380,6 +392,7 @@ class Inventory:
         key = _source_key(request)
         cached = self._sources.get(key) if key is not None else None
         if cached is not None:
+            self._sources.move_to_end(key)
             return cached[0]
         if request.source_job is not None:
             source = job_source(self.inventory_engine, self._tables, request.source_job)
@@ -399,6 +412,8 @@ class Inventory:
         if key is not None:
             # The filter object is kept alive with the entry, so its id() stays unique.
             self._sources[key] = (source, request.filter)
+            if len(self._sources) > _SOURCE_CACHE_SIZE:
+                self._sources.popitem(last=False)
         return source
 
     async def _acquire(
@@ -429,6 +444,7 @@ class Inventory:
                         upper,
                         request.weight,
                         request.max_items,
+                        conn=conn if source.engine is backend.engine else None,
                     )
                 if plan is None:
                     return None
@@ -479,7 +495,11 @@ async def _dispose(*engines: AsyncEngine | None) -> None:
 
 async def _hand_back(batch: Batch, exc: BaseException) -> None:
     try:
-        await batch.error(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            # The batch never reached a worker: it must not use up an attempt.
+            await batch.release("the acquisition was cancelled while its items loaded")
+        else:
+            await batch.error(exc)
     except Exception:  # the original error is the one to report
         logger.exception("could not hand back batch %s", batch.id)
 

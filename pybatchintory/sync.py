@@ -87,6 +87,10 @@ class SyncBatch:
         """Record the failure; the message and traceback go into the log row."""
         self._portal.call(self._batch.error, exc_or_text)
 
+    def release(self, reason: str = "released by its worker unprocessed") -> None:
+        """Hand the batch back unprocessed, without using up an attempt."""
+        self._portal.call(self._batch.release, reason)
+
     def heartbeat(self) -> None:
         """Renew the lease now."""
         self._portal.call(self._batch.heartbeat)
@@ -272,7 +276,9 @@ def configure(**settings: Any) -> None:
     current default inventory; batches acquired from it can no longer be finished.
     """
     global _default
-    load_settings(None, settings)  # fail now, with a clear error, on a bad setting
+    # Fail now, with a clear error, on a bad or unknown setting.
+    fields = {key: value for key, value in settings.items() if key not in ("settings", "worker")}
+    load_settings(settings.get("settings"), fields)
     with _default_lock:
         previous, _default = _default, None
         _default_settings.clear()
