@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._tables import BackendTables, UtcDateTime, unfinished
+from ._tables import BackendTables, UtcDateTime
 
 __all__ = ["RECORD_COLUMNS", "Statements", "build_statements", "lease_params"]
 
@@ -116,13 +116,16 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
         )
     )
 
-    expired = sa.and_(b.c.status == "running", b.c.lease_expires_at < now)
-    retryable = sa.and_(b.c.status == "failed", b.c.attempt < b.c.max_attempts)
+    # Statuses inline, as in the partial index ix_<batches>_reclaimable's predicate.
+    running = b.c.status == sa.literal_column("'running'")
+    expired = sa.and_(running, b.c.lease_expires_at < now)
+    retryable = sa.and_(
+        b.c.status == sa.literal_column("'failed'"), b.c.attempt < b.c.max_attempts
+    )
     reclaim_candidate = (
         sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
         .where(
             b.c.job_identifier == p("p_job"),
-            unfinished(b),
             b.c.generation == p("p_generation"),
             sa.or_(expired, retryable),
             b.c.range_start >= sa.func.coalesce(p("p_id_start", type_=sa.BigInteger), _LOWEST),

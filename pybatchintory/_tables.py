@@ -11,9 +11,12 @@ from sqlalchemy.engine import Dialect
 
 from .config import Settings
 
-__all__ = ["BATCH_STATUSES", "BackendTables", "UtcDateTime", "build_tables", "unfinished"]
+__all__ = ["BATCH_STATUSES", "RECLAIMABLE", "BackendTables", "UtcDateTime", "build_tables", "unfinished"]
 
 BATCH_STATUSES = ("running", "succeeded", "failed")
+# The reclaimable batches' predicate, as the partial index and the reclaim query spell it
+# (PostgreSQL uses a partial index only when the query visibly implies its predicate).
+RECLAIMABLE = "status = 'running' OR (status = 'failed' AND attempt < max_attempts)"
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -102,14 +105,25 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("result", sa.JSON(none_as_null=True), nullable=True),
         sa.CheckConstraint("range_start <= range_end", name=f"{b}_range_ordered"),
         sa.Index(f"ix_{b}_job_range", "job_identifier", "range_start"),
-        # Only unfinished batches: the reclaim lookup and the recursion frontier stay
-        # O(log n) however much succeeded history the job has.
+        # Unfinished batches of a job's generation: the recursion frontier (the lowest
+        # such id) is one index step, however much succeeded history the job has.
         sa.Index(
             f"ix_{b}_unfinished",
             "job_identifier",
+            "generation",
             "id",
             postgresql_where=sa.text("status <> 'succeeded'"),
             sqlite_where=sa.text("status <> 'succeeded'"),
+        ),
+        # What reclaim may hand out: running, or failed with attempts left. Batches out
+        # of attempts are left out, so they cannot slow every acquisition down.
+        sa.Index(
+            f"ix_{b}_reclaimable",
+            "job_identifier",
+            "generation",
+            "id",
+            postgresql_where=sa.text(RECLAIMABLE),
+            sqlite_where=sa.text(RECLAIMABLE),
         ),
     )
 

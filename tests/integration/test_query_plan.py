@@ -117,7 +117,7 @@ async def test_planning_reads_the_id_index_in_proportion_to_the_batch(pg_only: D
                 assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 2 * limit + 1
 
 
-async def test_reclaim_uses_the_partial_index_of_unfinished_batches(pg_only: Db) -> None:
+async def test_reclaim_uses_the_partial_index_of_reclaimable_batches(pg_only: Db) -> None:
     db = pg_only
     table = await db.create_meta(weights=[1] * 50)
     async with db.inventory() as inv:
@@ -132,17 +132,25 @@ async def test_reclaim_uses_the_partial_index_of_unfinished_batches(pg_only: Db)
                 "attempt, max_attempts, status) SELECT 'j', 0, now(), now(), 1000000000 + 2 * g, "
                 "1000000000 + 2 * g + 1, 2, 2, 1, 3, 'succeeded' FROM generate_series(1, 20000) g"
             ))
+            # ...and batches that ran out of attempts: failed for good, never reclaimable.
+            await conn.execute(sa.text(
+                f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
+                "processing_start, processing_end, range_start, range_end, weight, item_count, "
+                "attempt, max_attempts, status) SELECT 'j', 0, now(), now(), 2000000000 + 2 * g, "
+                "2000000000 + 2 * g + 1, 2, 2, 3, 3, 'failed' FROM generate_series(1, 5000) g"
+            ))
             await conn.execute(sa.text(f'ANALYZE "{db.schema}".inventory'))
         with Captured(inv.inventory_engine) as backend:
             again = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
             assert again is not None
             await again.success()
 
-        reclaims = backend.matching("'succeeded'", "lease_expires_at <", "ORDER BY", "LIMIT")
+        reclaims = backend.matching("'running'", "lease_expires_at <", "ORDER BY", "LIMIT")
         assert len(reclaims) == 1, backend.statements
         plan = await _explain(inv.inventory_engine, *reclaims[0])
         scans = _scans_of(plan, "inventory")
         assert [s["Node Type"] for s in scans] in (["Index Scan"], ["Index Only Scan"]), plan
-        assert scans[0]["Index Name"] == "ix_inventory_unfinished"
-        # Only the unfinished batches are read: none here, whatever the history's length.
+        assert scans[0]["Index Name"] == "ix_inventory_reclaimable"
+        # Only reclaimable batches are read: none here, whatever the history's length,
+        # succeeded or failed for good.
         assert scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0) == 0
