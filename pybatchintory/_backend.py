@@ -17,7 +17,7 @@ from ._engines import backend_errors, read_connection, retry_transient, write_tr
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, lease_params
 from ._tables import BackendTables
-from .exceptions import BatchLostError, JobSourceMismatchError
+from .exceptions import BatchLostError, InventoryNotOpenError, JobSourceMismatchError
 
 __all__ = ["Backend", "BatchRecord", "JobState"]
 
@@ -60,6 +60,14 @@ class Backend:
         self.dialect = engine.dialect.name
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self.sql = build_statements(tables, self.dialect, insert)
+        self.closed = False  # set by Inventory.close()
+
+    def _check_open(self, batch_id: int) -> None:
+        if self.closed:
+            raise InventoryNotOpenError(
+                f"batch {batch_id} belongs to an inventory that was closed: it can no "
+                "longer be finished; its lease runs out and it is handed out again"
+            )
 
     # -- creation -------------------------------------------------------------------
 
@@ -249,6 +257,7 @@ class Backend:
         (the worker never got it, e.g. its acquisition was cancelled). Raises
         BatchLostError, writing nothing, when the attempt is no longer running.
         """
+        self._check_open(batch_id)
         status = "succeeded" if succeeded else "failed"
         params = {
             "p_batch_id": batch_id,
@@ -273,6 +282,7 @@ class Backend:
 
     async def heartbeat(self, batch_id: int, attempt: int, lease_seconds: float) -> datetime:
         """Extend the lease of a running attempt; return the new expiry."""
+        self._check_open(batch_id)
         params = {
             "p_batch_id": batch_id,
             "p_attempt": attempt,

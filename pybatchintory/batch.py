@@ -23,6 +23,7 @@ from .exceptions import (
     BatchLostError,
     BatchStateError,
     InvalidArgumentError,
+    InventoryNotOpenError,
 )
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ class Batch:
                 await self.heartbeat()
             except BatchLostError:
                 logger.warning("batch lost its lease to another worker", extra=self._log_fields())
+                return
+            except InventoryNotOpenError:
                 return
             except (BackendError, BatchStateError) as exc:
                 # A passing outage: the lease may still hold; try again next interval.

@@ -4,6 +4,7 @@ The tree::
 
     PyBatchintoryError
     ├── ConfigurationError        settings or URLs that cannot work
+    ├── InventoryNotOpenError     the inventory was not opened, or was closed
     ├── InvalidArgumentError      a call's arguments are wrong (also a ValueError)
     │   ├── UnknownTableError     the source table does not exist
     │   ├── UnknownColumnError    a named column does not exist or has the wrong type
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidArgumentError",
     "InvalidFilterError",
+    "InventoryNotOpenError",
     "JobSourceMismatchError",
     "PyBatchintoryError",
     "SourceDataError",
@@ -42,6 +44,13 @@ class PyBatchintoryError(Exception):
 class ConfigurationError(PyBatchintoryError):
     """The settings cannot work: check the PYBATCHINTORY_* variables, your .env file
     or the arguments given to ``Inventory``/``configure``."""
+
+
+class InventoryNotOpenError(PyBatchintoryError):
+    """The inventory is not open: use ``async with Inventory(...)`` (or ``with
+    SyncInventory(...)``), or call ``open()`` first. Batches acquired from an inventory
+    that was closed can no longer be finished; their leases run out and they are
+    handed out again."""
 
 
 class InvalidArgumentError(PyBatchintoryError, ValueError):
@@ -88,4 +97,5 @@ class BatchLostError(BatchStateError):
 class BackendError(PyBatchintoryError):
     """The inventory or metadata database failed. The driver's error is chained as
     ``__cause__``; no batch was half written, and the call can be repeated once the
-    database is reachable."""
+    database is reachable. If the connection dropped while a finish was being
+    committed, the repeat may raise BatchLostError: the first one did land."""

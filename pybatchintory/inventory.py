@@ -26,7 +26,7 @@ from ._source import Filter, Source, job_source, reflect_table_source
 from ._tables import build_tables
 from .batch import Batch
 from .config import Settings, hide_password
-from .exceptions import BatchStateError, ConfigurationError
+from .exceptions import ConfigurationError, InventoryNotOpenError
 
 if TYPE_CHECKING:
     from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
@@ -115,6 +115,8 @@ class Inventory:
         """Dispose of both engines' pools. Batches not finished keep their lease."""
         backend, meta = self._backend, self._meta_engine
         self._backend = self._meta_engine = None
+        if backend is not None:
+            backend.closed = True  # its batches must not reopen the disposed pool
         self._sources.clear()
         await complete_despite_cancellation(
             _dispose(backend.engine if backend is not None else None, meta)
@@ -135,7 +137,7 @@ class Inventory:
     def backend(self) -> Backend:
         """The backend tables' SQL on the inventory engine (once open)."""
         if self._backend is None:
-            raise BatchStateError(
+            raise InventoryNotOpenError(
                 "the inventory is not open: use 'async with Inventory(...)' or "
                 "'await inventory.open()' first"
             )

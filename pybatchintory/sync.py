@@ -23,6 +23,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 from .batch import Batch
 from .config import Settings
+from .exceptions import InventoryNotOpenError
 from .inventory import Inventory, load_settings
 
 __all__ = [
@@ -74,26 +75,26 @@ class SyncBatch:
         """Stream the rows of the range, ``chunk_size`` rows per round trip."""
         chunks = self._batch.iter_item_chunks(chunk_size)
         try:
-            while (chunk := self._portal.call(_next_or_done, chunks)) is not _DONE:
+            while (chunk := _call(self._portal, _next_or_done, chunks)) is not _DONE:
                 yield from chunk
         finally:
-            self._portal.call(_close, chunks)
+            _call(self._portal, _close, chunks)
 
     def success(self, result: Mapping[str, Any] | None = None) -> None:
         """Record success, with an optional JSON-able result."""
-        self._portal.call(self._batch.success, result)
+        _call(self._portal, self._batch.success, result)
 
     def error(self, exc_or_text: BaseException | str) -> None:
         """Record the failure; the message and traceback go into the log row."""
-        self._portal.call(self._batch.error, exc_or_text)
+        _call(self._portal, self._batch.error, exc_or_text)
 
     def release(self, reason: str = "released by its worker unprocessed") -> None:
         """Hand the batch back unprocessed, without using up an attempt."""
-        self._portal.call(self._batch.release, reason)
+        _call(self._portal, self._batch.release, reason)
 
     def heartbeat(self) -> None:
         """Renew the lease now."""
-        self._portal.call(self._batch.heartbeat)
+        _call(self._portal, self._batch.heartbeat)
 
     def process(
         self,
@@ -104,13 +105,13 @@ class SyncBatch:
         """Run ``func(*args, **kwargs)`` in this thread under the lease: success on
         return, failure recorded and re-raised on an exception. Returns its result."""
         if inspect.iscoroutinefunction(func):
-            result: T = self._portal.call(self._batch.process, func, tuple(args), kwargs)
+            result: T = _call(self._portal, self._batch.process, func, tuple(args), kwargs)
             return result
         with self:
             return func(*args, **(kwargs or {}))  # type: ignore[return-value]
 
     def __enter__(self) -> SyncBatch:
-        self._portal.call(self._batch.__aenter__)
+        _call(self._portal, self._batch.__aenter__)
         return self
 
     def __exit__(
@@ -119,7 +120,21 @@ class SyncBatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._portal.call(self._batch.__aexit__, exc_type, exc, tb)
+        _call(self._portal, self._batch.__aexit__, exc_type, exc, tb)
+
+
+def _call(portal: BlockingPortal, func: Callable[..., Any], *args: Any) -> Any:
+    """Run ``func(*args)`` in the inventory's event loop and wait for its result."""
+    try:
+        return portal.call(func, *args)
+    except RuntimeError as exc:
+        if str(exc) != "This portal is not running":
+            raise
+        raise InventoryNotOpenError(
+            "the SyncInventory was closed (or configure() replaced the default one): "
+            "its batches can no longer be finished; their leases run out and they are "
+            "handed out again"
+        ) from None
 
 
 async def _next_or_done(iterator: AsyncIterator[Any]) -> Any:
@@ -158,7 +173,7 @@ class SyncInventory:
             start_blocking_portal(name="pybatchintory-event-loop")
         )
         try:
-            self._portal.call(self._inventory.open)
+            _call(self._portal, self._inventory.open)
         except BaseException:
             self._stack.close()
             raise
@@ -178,7 +193,7 @@ class SyncInventory:
 
     def acquire_batch(self, *args: Any, **kwargs: Any) -> SyncBatch | None:
         """Same arguments as :meth:`Inventory.acquire_batch`."""
-        batch = self._portal.call(functools.partial(self._inventory.acquire_batch, *args, **kwargs))
+        batch = _call(self._portal, functools.partial(self._inventory.acquire_batch, *args, **kwargs))
         return None if batch is None else SyncBatch(batch, self._portal)
 
     def acquire_batches(self, *args: Any, progress: bool = False, **kwargs: Any) -> Iterator[SyncBatch]:
@@ -193,25 +208,26 @@ class SyncInventory:
         if progress:
             from ._progress import ProgressBar
 
-            backlog = self._portal.call(functools.partial(self._inventory.backlog, *args, **kwargs))
+            backlog = _call(self._portal, functools.partial(self._inventory.backlog, *args, **kwargs))
             job = kwargs.get("job_identifier") or kwargs.get("job_identifer") or args[1]
             bar = ProgressBar(str(job), backlog)
         return self._drain(batches, bar)
 
     def _drain(self, batches: Any, bar: Any = None) -> Iterator[SyncBatch]:
         try:
-            while (batch := self._portal.call(_next_or_done, batches)) is not _DONE:
+            while (batch := _call(self._portal, _next_or_done, batches)) is not _DONE:
                 yield SyncBatch(batch, self._portal)
                 if bar is not None:
                     bar.advance(batch.weight, batch.item_count)
         finally:
             if bar is not None:
                 bar.close()
-            self._portal.call(_close, batches)
+            _call(self._portal, _close, batches)
 
     def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run any coroutine function in this inventory's event loop and wait for it."""
-        return self._portal.call(functools.partial(method, *args, **kwargs))
+        result: T = _call(self._portal, functools.partial(method, *args, **kwargs))
+        return result
 
     def retry(self, job_identifier: str, batch_id: int | None = None) -> list[int]:
         """Same as :meth:`Inventory.retry`."""
@@ -245,7 +261,7 @@ class SyncInventory:
             return
         stack, self._stack = self._stack, None  # type: ignore[assignment]
         try:
-            self._portal.call(self._inventory.close)
+            _call(self._portal, self._inventory.close)
         finally:
             stack.close()
 

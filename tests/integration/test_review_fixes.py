@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from pybatchintory import ConfigurationError, Inventory, configure
+from pybatchintory import (
+    ConfigurationError,
+    Inventory,
+    InventoryNotOpenError,
+    SyncInventory,
+    configure,
+)
 from pybatchintory.config import hide_password
 from tests.conftest import Db
 
@@ -90,3 +98,32 @@ async def test_inline_filters_do_not_grow_the_source_cache_without_bound(db: Db)
             assert batch is not None
             await batch.success()
         assert len(inv._sources) <= 64
+
+
+async def test_a_closed_inventory_refuses_clearly_and_its_batches_cannot_reopen_it(db: Db) -> None:
+    table = await db.create_meta(weights=[1, 1])
+    inv = db.inventory()
+    with pytest.raises(InventoryNotOpenError, match="async with Inventory"):
+        await inv.acquire_batch(source_table=table, job_identifier="j")
+    await inv.open()
+    batch = await inv.acquire_batch(source_table=table, job_identifier="j", max_items=1)
+    assert batch is not None
+    await inv.close()
+    with pytest.raises(InventoryNotOpenError, match="closed"):
+        await batch.success()
+    with pytest.raises(InventoryNotOpenError):
+        await batch.heartbeat()
+
+
+def test_a_sync_batch_of_a_closed_sync_inventory_raises_our_error(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'closed.sqlite3'}"
+    with SyncInventory(url) as inv:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'closed.sqlite3'}")
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE meta (id INTEGER PRIMARY KEY, weight REAL)"))
+            conn.execute(sa.text("INSERT INTO meta (weight) VALUES (1)"))
+        engine.dispose()
+        batch = inv.acquire_batch(source_table="meta", job_identifier="j")
+        assert batch is not None
+    with pytest.raises(InventoryNotOpenError, match="SyncInventory was closed"):
+        batch.success()
