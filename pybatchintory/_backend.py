@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._engines import backend_errors, read_connection, retry_transient, write_transaction
 from ._source import BatchPlan, SourceBinding
-from ._statements import build_statements, lease_params
+from ._statements import build_statements, current_generation, lease_params
 from ._tables import BackendTables
 from .exceptions import BatchLostError, InventoryNotOpenError, JobSourceMismatchError
 
@@ -308,16 +308,11 @@ class Backend:
 
     async def requeue(self, job_identifier: str, batch_id: int | None) -> list[int]:
         """Give failed batches that used up their attempts one more; return their ids."""
-        b, jobs = self.tables.batches, self.tables.jobs
-        # Only the current generation: batches superseded by a reset are history.
-        generation = (
-            sa.select(jobs.c.generation)
-            .where(jobs.c.job_identifier == job_identifier)
-            .scalar_subquery()
-        )
+        b = self.tables.batches
         exhausted = sa.and_(
             b.c.job_identifier == job_identifier,
-            b.c.generation == generation,
+            # Only the current generation: batches superseded by a reset are history.
+            b.c.generation == current_generation(self.tables, job_identifier),
             b.c.status == "failed",
             b.c.attempt >= b.c.max_attempts,
         )

@@ -145,6 +145,11 @@ def make_request(
         _name(source_job, "source_job")
         if source_job == job:
             raise InvalidArgumentError(f"job {job!r} cannot consume its own batches")
+        if (id_column, weight_column, item_columns) != ("id", "weight", None):
+            raise InvalidArgumentError(
+                "id_column, weight_column and item_columns apply to a source table; a "
+                "source job's items are its upstream batches (id, weight, result, ...)"
+            )
     start = _optional_int(id_start, "id_start")
     end = _optional_int(id_end, "id_end")
     if start is not None and end is not None and start > end:

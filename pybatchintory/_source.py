@@ -20,7 +20,8 @@ from sqlalchemy.exc import CompileError, NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._engines import cursor_transaction, read_connection
-from ._tables import BackendTables, unfinished
+from ._statements import frontier
+from ._tables import BackendTables
 from .exceptions import (
     InvalidArgumentError,
     InvalidFilterError,
@@ -213,15 +214,6 @@ class Source:
             value = await conn.scalar(self._max_id)
         return None if value is None else int(value)
 
-    def page_query(self, upper: bool) -> sa.Select[Any]:
-        """The planning statement: matching ``(id, weight)`` from ``:pybi_start`` in id
-        order, ``LIMIT :pybi_page``, and ``id <= :pybi_upper`` when ``upper``."""
-        return self._page_upto if upper else self._page
-
-    def range_query(self) -> sa.Select[Any]:
-        """The items statement: matching rows with ``:pybi_start <= id <= :pybi_end``."""
-        return self._range
-
     async def plan(
         self,
         start: int,
@@ -239,7 +231,7 @@ class Source:
         acc = RangeAccumulator(budget, max_items)
         page = self.page_hint if max_items is None else min(self.page_hint, max_items)
         page = max(page, 1)
-        query = self.page_query(upper is not None)
+        query = self._page_upto if upper is not None else self._page
         params: dict[str, Any] = {"pybi_start": start, "pybi_page": page}
         if upper is not None:
             params["pybi_upper"] = upper
@@ -439,21 +431,11 @@ def job_source(engine: AsyncEngine, tables: BackendTables, upstream_job: str) ->
     assigned at acquisition, so moving past it would skip it for good. The bound is in
     the same statement as the page, so both see one snapshot.
     """
-    b, jobs = tables.batches, tables.jobs
-    generation = (
-        sa.select(jobs.c.generation)
-        .where(jobs.c.job_identifier == upstream_job)
-        .scalar_subquery()
-    )
-    frontier = (
-        sa.select(sa.func.min(b.c.id))
-        .where(b.c.job_identifier == upstream_job, unfinished(b), b.c.generation == generation)
-        .scalar_subquery()
-    )
+    b = tables.batches
     where = sa.and_(
         b.c.job_identifier == upstream_job,
         b.c.status == "succeeded",
-        b.c.id < sa.func.coalesce(frontier, _NO_UPPER),
+        b.c.id < sa.func.coalesce(frontier(tables, upstream_job), _NO_UPPER),
     )
     binding = SourceBinding("job", upstream_job, "id", "")
     return Source(engine, b, b.c.id, b.c.weight, where, list(b.c), binding)

@@ -18,9 +18,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._tables import BackendTables, UtcDateTime
+from ._tables import BackendTables, UtcDateTime, unfinished
 
-__all__ = ["RECORD_COLUMNS", "Statements", "build_statements", "lease_params"]
+__all__ = [
+    "RECORD_COLUMNS",
+    "Statements",
+    "build_statements",
+    "current_generation",
+    "db_now",
+    "frontier",
+    "lease_params",
+]
 
 # What a worker is handed about its batch: the columns returned by insert and reclaim.
 RECORD_COLUMNS = (
@@ -62,6 +70,27 @@ def lease_params(dialect: str, seconds: float) -> dict[str, Any]:
     if dialect == "sqlite":
         return {"p_lease_modifier": f"{float(seconds):+f} seconds"}
     return {"p_lease_seconds": float(seconds)}
+
+
+def current_generation(tables: BackendTables, job: Any) -> sa.ScalarSelect[Any]:
+    """The job's generation, as a scalar subquery (``job`` a value or an expression)."""
+    jobs = tables.jobs
+    return sa.select(jobs.c.generation).where(jobs.c.job_identifier == job).scalar_subquery()
+
+
+def frontier(tables: BackendTables, job: Any) -> sa.ScalarSelect[Any]:
+    """The lowest id of the job's unfinished batches in its current generation: the
+    recursion frontier, one step on the partial index ix_<batches>_unfinished."""
+    b = tables.batches
+    return (
+        sa.select(sa.func.min(b.c.id))
+        .where(
+            b.c.job_identifier == job,
+            unfinished(b),
+            b.c.generation == current_generation(tables, job),
+        )
+        .scalar_subquery()
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ and it is checked against the stored text before use."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ._engines import backend_errors, read_connection
 from ._reports import Backlog, JobStatus, JobSummary
 from ._source import Filter, Source, job_source, reflect_table_source
-from ._statements import db_now
+from ._statements import db_now, frontier
 from ._tables import unfinished
 from .exceptions import InvalidArgumentError, JobSourceMismatchError
 
@@ -84,7 +85,8 @@ async def table_source(
             "(or trust_stored_filter=True / --trust-stored-filter to run the stored SQL)"
         )
     if weight_column is not None and weight_column in source.table.c:
-        source.weight_col = source.table.c[weight_column]
+        # replace(), not assignment: the source's statements are built from its columns
+        return dataclasses.replace(source, weight_col=source.table.c[weight_column])
     return source
 
 
@@ -237,13 +239,7 @@ async def job_status(
 
 async def _frontier(inventory: Inventory, upstream: str) -> int | None:
     """The upstream's oldest unfinished batch of its current generation (partial index)."""
-    b, jobs = inventory.backend.tables.batches, inventory.backend.tables.jobs
-    generation = (
-        sa.select(jobs.c.generation).where(jobs.c.job_identifier == upstream).scalar_subquery()
-    )
-    query = sa.select(sa.func.min(b.c.id)).where(
-        b.c.job_identifier == upstream, unfinished(b), b.c.generation == generation
-    )
+    query = sa.select(frontier(inventory.backend.tables, upstream))
     async with backend_errors(
         f"reading the frontier of job {upstream!r}", inventory.inventory_engine
     ):

@@ -246,10 +246,9 @@ class Inventory:
         id_column: str = "id",
         weight_column: str | None = "weight",
         job_identifer: str | None = None,
-        **_acquire_options: Any,
     ) -> Backlog:
         """Items and weight that acquisitions with these arguments still have ahead (new
-        ranges only, not retries). Takes the arguments of :meth:`acquire_batch`."""
+        ranges only, not retries), to size a run before it starts."""
         from ._status import backlog_of
 
         request = make_request(

@@ -23,7 +23,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 from .batch import Batch
 from .config import Settings
-from .exceptions import InventoryNotOpenError
+from .exceptions import InvalidArgumentError, InventoryNotOpenError
 from .inventory import Inventory, load_settings
 
 __all__ = [
@@ -208,7 +208,8 @@ class SyncInventory:
         if progress:
             from ._progress import ProgressBar
 
-            backlog = _call(self._portal, functools.partial(self._inventory.backlog, *args, **kwargs))
+            sizing = {key: value for key, value in kwargs.items() if key in _BACKLOG_ARGUMENTS}
+            backlog = _call(self._portal, functools.partial(self._inventory.backlog, *args, **sizing))
             job = kwargs.get("job_identifier") or kwargs.get("job_identifer") or args[1]
             bar = ProgressBar(str(job), backlog)
         return self._drain(batches, bar)
@@ -228,6 +229,28 @@ class SyncInventory:
         """Run any coroutine function in this inventory's event loop and wait for it."""
         result: T = _call(self._portal, functools.partial(method, *args, **kwargs))
         return result
+
+    def iter_source_items(self, batch: SyncBatch, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Same as :meth:`Inventory.iter_source_items`: the metadata rows behind a
+        downstream batch, streamed ``chunk_size`` rows per round trip."""
+        from ._trace import source_rows
+
+        chunks = source_rows(
+            self._inventory,
+            batch.job_identifier,
+            [(batch.range_start, batch.range_end)],
+            filter=kwargs.pop("filter", None),
+            trust_stored_filter=kwargs.pop("trust_stored_filter", False),
+            item_columns=kwargs.pop("item_columns", None),
+            chunk_size=kwargs.pop("chunk_size", 1000),
+        )
+        if kwargs:
+            raise InvalidArgumentError(f"unexpected argument(s): {', '.join(sorted(kwargs))}")
+        try:
+            while (chunk := _call(self._portal, _next_or_done, chunks)) is not _DONE:
+                yield from chunk
+        finally:
+            _call(self._portal, _close, chunks)
 
     def retry(self, job_identifier: str, batch_id: int | None = None) -> list[int]:
         """Same as :meth:`Inventory.retry`."""
@@ -278,6 +301,9 @@ class SyncInventory:
 
 
 # -- the process-wide default behind acquire_batch / acquire_batches -----------------
+
+# What sizes a run for its progress bar, out of acquire_batches' arguments.
+_BACKLOG_ARGUMENTS = frozenset(inspect.signature(Inventory.backlog).parameters) - {"self"}
 
 _default: SyncInventory | None = None
 _default_settings: dict[str, Any] = {}

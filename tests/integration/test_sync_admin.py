@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import anyio
+import pytest
 
-from pybatchintory import JobStatus, SyncInventory
+from pybatchintory import InvalidArgumentError, JobStatus, SyncInventory
 from tests.conftest import Db
 
 
@@ -39,3 +40,26 @@ async def test_sync_status_jobs_trace_retry_and_reset(db: Db) -> None:
             redo.success()
 
     await anyio.to_thread.run_sync(scenario)
+
+
+async def test_sync_downstream_batch_streams_the_rows_behind_it(db: Db) -> None:
+    table = await db.create_meta(weights=[1] * 5)
+
+    def scenario() -> None:
+        with SyncInventory(**db.settings()) as inv:
+            for batch in inv.acquire_batches(source_table=table, job_identifier="up", weight=2):
+                batch.success({"files": batch.item_count})
+            down = inv.acquire_batch(source_job="up", job_identifier="down")
+            assert down is not None
+            assert [u["result"] for u in down.items] == [{"files": 2}, {"files": 2}, {"files": 1}]
+            rows = list(inv.iter_source_items(down, chunk_size=2))
+            assert [row["id"] for row in rows] == [1, 2, 3, 4, 5]
+            down.success()
+
+    await anyio.to_thread.run_sync(scenario)
+
+
+async def test_a_source_job_refuses_table_only_arguments(db: Db) -> None:
+    async with db.inventory() as inv:
+        with pytest.raises(InvalidArgumentError, match="apply to a source table"):
+            await inv.acquire_batch(source_job="up", job_identifier="down", item_columns=["id"])
