@@ -163,13 +163,12 @@ class Backend:
     ) -> BatchRecord | None:
         """Hand out again the job's oldest failed batch with attempts left, or running
         batch whose lease expired: same range, ``attempt + 1``, a new log row."""
-        lookup = {
-            "p_job": job_identifier,
-            "p_generation": job.generation,
-            "p_id_start": window[0],
-            "p_id_end": window[1],
-        }
-        while (found := (await conn.execute(self.sql.reclaim_candidate, lookup)).first()):
+        lookup: dict[str, Any] = {"p_job": job_identifier, "p_generation": job.generation}
+        candidate = self.sql.reclaim_candidate
+        if window != (None, None):
+            candidate = self.sql.reclaim_candidate_in_window
+            lookup.update(p_id_start=window[0], p_id_end=window[1])
+        while (found := (await conn.execute(candidate, lookup)).first()):
             seen = {"p_batch_id": found.id, "p_attempt": found.attempt}
             was_running = found.status == "running"
             if was_running and found.attempt >= found.max_attempts:

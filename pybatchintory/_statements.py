@@ -105,6 +105,7 @@ class Statements:
     combined: bool
     lock_job: Any
     reclaim_candidate: Any
+    reclaim_candidate_in_window: Any
     take_expired: Any
     take_failed: Any
     expire_exhausted: Any
@@ -156,12 +157,20 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
         .where(
             b.c.job_identifier == p("p_job"),
             b.c.generation == p("p_generation"),
+            # Redundant, but SQLite's planner matches only this plain term to a partial
+            # index (ix_<batches>_unfinished); PostgreSQL picks ix_<batches>_reclaimable.
+            unfinished(b),
             sa.or_(expired, retryable),
-            b.c.range_start >= sa.func.coalesce(p("p_id_start", type_=sa.BigInteger), _LOWEST),
-            b.c.range_end <= sa.func.coalesce(p("p_id_end", type_=sa.BigInteger), _HIGHEST),
         )
         .order_by(b.c.id)
         .limit(1)
+    )
+    # A backfill's window, in a statement of its own: a range_start bound in every
+    # lookup would lead SQLite's planner to the (job, range_start) index and through
+    # the job's whole history.
+    reclaim_candidate_in_window = reclaim_candidate.where(
+        b.c.range_start >= sa.func.coalesce(p("p_id_start", type_=sa.BigInteger), _LOWEST),
+        b.c.range_end <= sa.func.coalesce(p("p_id_end", type_=sa.BigInteger), _HIGHEST),
     )
     # Fenced on what the candidate query saw: a finish or heartbeat that committed in
     # between makes these match nothing.
@@ -256,6 +265,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
         combined=combined,
         lock_job=lock_job,
         reclaim_candidate=reclaim_candidate,
+        reclaim_candidate_in_window=reclaim_candidate_in_window,
         take_expired=take.where(seen, expired).returning(*record),
         take_failed=take.where(seen, retryable).returning(*record),
         expire_exhausted=expire_exhausted,

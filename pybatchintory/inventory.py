@@ -8,6 +8,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable, Mapping
+from contextlib import nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -439,13 +440,17 @@ class Inventory:
                 start = _highest(request.id_start, None if job.cursor is None else job.cursor + 1)
                 if start is not None and upper is not None and start > upper:
                     return None
-                async with backend_errors("planning a batch", source.engine):
+                # A job source plans inside this transaction, where a conflict must reach
+                # retry_transient unwrapped; a metadata table on its own engine.
+                same_engine = source.engine is backend.engine
+                errors = nullcontext() if same_engine else backend_errors("planning", source.engine)
+                async with errors:
                     plan = await source.plan(
                         start if start is not None else -(2**63),
                         upper,
                         request.weight,
                         request.max_items,
-                        conn=conn if source.engine is backend.engine else None,
+                        conn=conn if same_engine else None,
                     )
                 if plan is None:
                     return None

@@ -154,3 +154,30 @@ async def test_reclaim_uses_the_partial_index_of_reclaimable_batches(pg_only: Db
         # Only reclaimable batches are read: none here, whatever the history's length,
         # succeeded or failed for good.
         assert scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0) == 0
+
+
+async def test_sqlite_reclaim_and_planning_use_indexes_not_scans(db: Db) -> None:
+    """SQLite's planner matches partial indexes more narrowly than PostgreSQL's: the
+    reclaim lookup must still use one, or its cost grows with the job's history."""
+    if db.kind != "sqlite":
+        return  # PostgreSQL: the EXPLAIN ANALYZE tests above
+    table = await db.create_meta(weights=[1] * 20)
+    async with db.inventory() as inv:
+        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
+        assert first is not None
+        await first.success()
+        with Captured(inv.inventory_engine) as backend, Captured(inv.meta_engine) as meta:
+            again = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
+            assert again is not None
+            await again.success()
+        (reclaim,) = backend.matching("'running'", "lease_expires_at <", "ORDER BY", "LIMIT")
+        pages = meta.matching("SELECT meta.id, meta.weight", "ORDER BY", "LIMIT")
+        assert pages, meta.statements
+        async with inv.inventory_engine.connect() as conn:
+            steps = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {reclaim[0]}", reclaim[1])).all()
+        detail = " ".join(str(step[-1]) for step in steps)
+        assert "USING INDEX ix_inventory_unfinished" in detail, detail
+        async with inv.meta_engine.connect() as conn:
+            steps = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {pages[0][0]}", pages[0][1])).all()
+        detail = " ".join(str(step[-1]) for step in steps)
+        assert "USING INTEGER PRIMARY KEY" in detail or "USING INDEX" in detail, detail
