@@ -90,6 +90,12 @@ def positive_int(value: Any, what: str) -> int | None:
     return value
 
 
+def _required_int(value: Any, what: str) -> int:
+    checked = positive_int(value, what)
+    assert checked is not None  # value was not None
+    return checked
+
+
 def _optional_int(value: Any, what: str) -> int | None:
     if value is None:
         return None
@@ -154,7 +160,7 @@ def make_request(
     end = _optional_int(id_end, "id_end")
     if start is not None and end is not None and start > end:
         raise InvalidArgumentError(f"id_start ({start}) is greater than id_end ({end})")
-    attempts = settings.max_attempts if max_attempts is None else positive_int(max_attempts, "max_attempts")
+    attempts = settings.max_attempts if max_attempts is None else _required_int(max_attempts, "max_attempts")
     lease = settings.lease_seconds if lease_seconds is None else _positive_number(lease_seconds, "lease_seconds")
     if lease is None:
         raise InvalidArgumentError("lease_seconds must be finite")
@@ -182,7 +188,7 @@ def make_request(
         id_column=_name(id_column, "id_column"),
         weight_column=None if weight_column is None else _name(weight_column, "weight_column"),
         item_columns=_columns(item_columns),
-        max_attempts=attempts or settings.max_attempts,
+        max_attempts=attempts,
         lease_seconds=lease,
         load_items=bool(load_items),
     )

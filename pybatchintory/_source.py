@@ -48,6 +48,8 @@ Filter = Union[
     None,
 ]
 
+# Marks a filter text whose bound values could not be rendered: not runnable SQL.
+PARAMS_DIGEST = " -- params sha256:"
 _FIRST_PAGE = 64
 _MAX_PAGE = 8192
 _NO_UPPER = 2**63 - 1
@@ -95,29 +97,14 @@ class RangeAccumulator:
 
     def offer(self, item_id: int, item_weight: Any) -> bool:
         """Admit the row if it fits; return False (and stay full) once it does not."""
-        if self.full:
-            return False
-        value = _checked_weight(item_id, item_weight)
-        over_budget = self.budget is not None and self.weight + value > self.budget
-        if self.count and over_budget:
-            self.full = True
-            return False
-        if self.first_id is None:
-            self.first_id = item_id
-        self.last_id = item_id
-        self.weight += value
-        self.count += 1
-        at_budget = self.budget is not None and self.weight >= self.budget
-        if at_budget or (self.max_items is not None and self.count >= self.max_items):
-            self.full = True
-        return True
+        before = self.count
+        self.offer_rows(((item_id, item_weight),))
+        return self.count > before
 
     def offer_rows(self, rows: Iterable[Sequence[Any]]) -> None:
-        """:meth:`offer` each ``(id, weight)`` row in order until one does not fit.
-
-        The same outcome as calling ``offer`` per row, in one tight loop: planning
-        offers every row of a batch, and a method call per row showed in profiles.
-        """
+        """Admit each ``(id, weight)`` row in order until one does not fit, in one
+        tight loop: planning offers every row of a batch, and a method call per row
+        showed in profiles."""
         if self.full:
             return
         budget, max_items = self.budget, self.max_items
@@ -359,7 +346,7 @@ def filter_text(expr: sa.ColumnElement[bool], dialect: sa.Dialect) -> str:
         compiled = expr.compile(dialect=dialect)
         params = sorted((k, repr(v)) for k, v in compiled.params.items())
         digest = hashlib.sha256(repr(params).encode()).hexdigest()[:16]
-        return f"{compiled} -- params sha256:{digest}"
+        return f"{compiled}{PARAMS_DIGEST}{digest}"
 
 
 async def reflect_table_source(

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._engines import backend_errors, read_connection
 from ._reports import Backlog, JobStatus, JobSummary
-from ._source import Filter, Source, job_source, reflect_table_source
+from ._source import PARAMS_DIGEST, Filter, Source, job_source, reflect_table_source
 from ._statements import db_now, frontier
 from ._tables import unfinished
 from .exceptions import InvalidArgumentError, JobSourceMismatchError
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from .inventory import Inventory
 
 
-_PARAMS_DIGEST = " -- params sha256:"  # filter_text's form for a filter with unrenderable binds
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -63,7 +62,7 @@ async def table_source(
     """The job's metadata table with the job's filter, checked against the stored text."""
     stored = job_row.filter_text
     use_stored = trust_stored_filter and filter is None and stored
-    if use_stored and _PARAMS_DIGEST in stored:
+    if use_stored and PARAMS_DIGEST in stored:
         raise InvalidArgumentError(
             f"job {job_row.job_identifier!r}'s filter was stored as a digest, not as runnable "
             "SQL; pass the job's filter with filter=..."

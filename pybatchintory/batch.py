@@ -61,12 +61,11 @@ class Batch:
         record: BatchRecord,
         source: Source,
         lease_seconds: float,
-        items: list[dict[str, Any]] | None = None,
     ) -> None:
         self._backend = backend
         self._source = source
         self._lease_seconds = lease_seconds
-        self._items = items
+        self._items: list[dict[str, Any]] | None = None  # set by the acquisition
         self._renewal: asyncio.Task[None] | None = None
         self.id: int = record.id
         self.job_identifier: str = record.job_identifier
