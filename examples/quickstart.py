@@ -73,7 +73,7 @@ def main() -> None:
     while (batch := acquire_batch(
         source_table="meta_data_raw_data", job_identifer="backfill_job", id_start=10, id_end=50, weight=10
     )) is not None:
-        batch.process(process_func, (batch.items,))
+        batch.process(process_func)
 
     print("a failing batch: recorded as failed, with its traceback")
     batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="fragile_job", weight=5)

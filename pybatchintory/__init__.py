@@ -1,7 +1,7 @@
 """pybatchintory: weight-bounded, incremental and backfill batches of data items for
 processing jobs, with an inventory of which job processed which item, when, and how.
 
-Async: :class:`Inventory` and :class:`Batch`. Sync: :class:`SyncInventory`,
+A job is a :class:`Job`, defined once. Async: :class:`Inventory` and :class:`Batch`. Sync: :class:`SyncInventory`,
 :class:`SyncBatch`, and the process-wide :func:`acquire_batch`, :func:`acquire_batches`
 and :func:`configure`. Errors: :mod:`pybatchintory.exceptions`.
 """
@@ -26,6 +26,7 @@ from .exceptions import (
     UnknownTableError,
 )
 from .inventory import Inventory
+from .job import Job, JobOptions
 from .sync import (
     SyncBatch,
     SyncInventory,
@@ -52,6 +53,8 @@ __all__ = [
     "InvalidFilterError",
     "Inventory",
     "InventoryNotOpenError",
+    "Job",
+    "JobOptions",
     "JobSourceMismatchError",
     "JobStatus",
     "JobSummary",

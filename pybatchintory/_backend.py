@@ -132,16 +132,19 @@ class Backend:
     # -- acquisition (inside the caller's write transaction) -----------------------
 
     async def lock_job(
-        self, conn: AsyncConnection, job_identifier: str, binding: SourceBinding
+        self, conn: AsyncConnection, job_identifier: str, binding: SourceBinding, definition: str
     ) -> JobState:
         """Insert the job's row if absent and lock it, in one statement; check that the
-        job is bound to ``binding``. On SQLite the transaction holds the write lock."""
+        job is bound to ``binding``; store ``definition`` when it changed (a budget or
+        lease given per call is the newest definition). On SQLite the transaction holds
+        the write lock."""
         params = {
             "p_job": job_identifier,
             "p_kind": binding.kind,
             "p_source": binding.name,
             "p_id_column": binding.id_column,
             "p_filter_text": binding.filter_text,
+            "p_definition": definition,
         }
         row = (await conn.execute(self.sql.lock_job, params)).one()
         bound = SourceBinding(row.source_kind, row.source, row.id_column, row.filter_text)
@@ -150,6 +153,8 @@ class Backend:
                 f"job {job_identifier!r} is bound to {bound.describe()}, not to "
                 f"{binding.describe()}; use another job identifier for another source"
             )
+        if row.definition != definition:
+            await conn.execute(self.sql.store_definition, params)
         return JobState(row.cursor, row.generation)
 
     async def reclaim(

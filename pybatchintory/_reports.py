@@ -66,6 +66,8 @@ class JobStatus(_AsDict):
     frontier_batch_id: int | None
     backlog: Backlog | None
     backlog_note: str | None
+    definition: dict[str, Any] | None = None
+    """The job's stored definition (source, columns, filter, budget, window, ...)."""
 
 
 @dataclass(frozen=True)

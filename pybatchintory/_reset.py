@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from ._engines import backend_errors, retry_transient, write_transaction
 from ._reports import ResetResult
 from ._statements import db_now
-from ._status import job_row
+from ._storage import Storage, job_row
 from ._tables import unfinished
 from .exceptions import BatchStateError, InvalidArgumentError
-
-if TYPE_CHECKING:
-    from .inventory import Inventory
 
 logger = logging.getLogger("pybatchintory")
 
@@ -24,7 +21,7 @@ logger = logging.getLogger("pybatchintory")
 
 
 async def reset_job(
-    inventory: Inventory, job: str, to_id: int | None, *, force: bool = False
+    store: Storage, job: str, to_id: int | None, *, force: bool = False
 ) -> ResetResult:
     """Rewind ``job`` so that ids after ``to_id`` (all, if None) are processed again.
 
@@ -40,7 +37,7 @@ async def reset_job(
     """
     if to_id is not None and (isinstance(to_id, bool) or not isinstance(to_id, int)):
         raise InvalidArgumentError(f"to_id must be an integer id or None, got {to_id!r}")
-    backend = inventory.backend
+    backend = store.backend
     b, jobs, logs = backend.tables.batches, backend.tables.jobs, backend.tables.logs
 
     touched: list[tuple[str, Any]] = []
@@ -48,7 +45,7 @@ async def reset_job(
     async def rewind() -> ResetResult:
         touched.clear()
         async with write_transaction(backend.engine) as conn:
-            row = await job_row(conn, inventory, job, lock=True)
+            row = await job_row(conn, store.tables, job, lock=True)
             if to_id is not None and (row.cursor is None or to_id > row.cursor):
                 raise InvalidArgumentError(
                     f"to_id {to_id} is beyond the cursor of job {job!r} ({row.cursor}): a reset "

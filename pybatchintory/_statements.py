@@ -104,6 +104,7 @@ class Statements:
 
     combined: bool
     lock_job: Any
+    store_definition: Any
     reclaim_candidate: Any
     reclaim_candidate_in_window: Any
     take_expired: Any
@@ -131,6 +132,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
             source=p("p_source"),
             id_column=p("p_id_column"),
             filter_text=p("p_filter_text"),
+            definition=p("p_definition"),
             created_at=now,
             updated_at=now,
         )
@@ -143,7 +145,13 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
             jobs.c.filter_text,
             jobs.c.cursor,
             jobs.c.generation,
+            jobs.c.definition,
         )
+    )
+    store_definition = (
+        sa.update(jobs)
+        .where(jobs.c.job_identifier == p("p_job"))
+        .values(definition=p("p_definition"))
     )
 
     # Statuses inline, as in the partial index ix_<batches>_reclaimable's predicate.
@@ -264,6 +272,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
     return Statements(
         combined=combined,
         lock_job=lock_job,
+        store_definition=store_definition,
         reclaim_candidate=reclaim_candidate,
         reclaim_candidate_in_window=reclaim_candidate_in_window,
         take_expired=take.where(seen, expired).returning(*record),

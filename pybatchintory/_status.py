@@ -3,55 +3,37 @@
 Everything here reads the backend tables with index lookups or aggregates over one
 job's rows; only :func:`reset_job` writes, under the same job lock as an acquisition.
 
-Filters are not stored as objects: a job row keeps ``filter_text``, the SQL that
-SQLAlchemy rendered with literal binds at the job's first acquisition, to refuse a
-second source. Running that text again would execute SQL read from the inventory
-database on the metadata database, so it is done only when the caller opts in
-(``trust_stored_filter=True``). Otherwise the caller passes the job's filter again,
-and it is checked against the stored text before use."""
+A job row keeps its definition (``pybatchintory.job.job_definition``): a mapping filter
+is stored as data and rebuilt exactly, so ``status("name")`` counts the backlog with the
+job's own filter and weight column. An expression filter is kept only as ``filter_text``,
+the SQL that SQLAlchemy rendered with literal binds, to refuse a second source. Running
+that text again would execute SQL read from the inventory database on the metadata
+database, so it is done only when the caller opts in (``trust_stored_filter=True``);
+otherwise the caller passes the Job (or its filter), checked against the stored text."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._engines import backend_errors, read_connection
 from ._reports import Backlog, JobStatus, JobSummary
-from ._source import PARAMS_DIGEST, Filter, Source, job_source, reflect_table_source
+from ._source import PARAMS_DIGEST, Source, job_source, reflect_table_source
 from ._statements import db_now, frontier
+from ._storage import Storage, StoredJob
 from ._tables import unfinished
-from .exceptions import InvalidArgumentError, JobSourceMismatchError
-
-if TYPE_CHECKING:
-    from .inventory import Inventory
-
-
-
+from .exceptions import BackendError, InvalidArgumentError, JobSourceMismatchError
+from .job import Filter, Job
 
 # -- helpers -------------------------------------------------------------------------
 
 
-async def job_row(
-    conn: AsyncConnection, inventory: Inventory, job: str, *, lock: bool = False
-) -> Any:
-    jobs = inventory.backend.tables.jobs
-    query = sa.select(jobs).where(jobs.c.job_identifier == job)
-    if lock:
-        query = query.with_for_update()  # rendered as nothing on SQLite: BEGIN IMMEDIATE locks
-    row = (await conn.execute(query)).first()
-    if row is None:
-        raise InvalidArgumentError(
-            f"no job {job!r} in the inventory; 'pybatchintory jobs' lists the known jobs"
-        )
-    return row
-
-
 async def table_source(
-    inventory: Inventory,
+    store: Storage,
     job_row: Any,
     filter: Filter,
     *,
@@ -59,7 +41,8 @@ async def table_source(
     weight_column: str | None,
     item_columns: Iterable[str] | None = None,
 ) -> Source:
-    """The job's metadata table with the job's filter, checked against the stored text."""
+    """The job's metadata table with the given filter, checked against the stored text
+    (or, with ``trust_stored_filter``, the stored text itself)."""
     stored = job_row.filter_text
     use_stored = trust_stored_filter and filter is None and stored
     if use_stored and PARAMS_DIGEST in stored:
@@ -67,26 +50,32 @@ async def table_source(
             f"job {job_row.job_identifier!r}'s filter was stored as a digest, not as runnable "
             "SQL; pass the job's filter with filter=..."
         )
-    async with backend_errors("reflecting the source table", inventory.meta_engine):
+    async with backend_errors("reflecting the source table", store.meta_engine):
         source = await reflect_table_source(
-            inventory.meta_engine,
+            store.meta_engine,
             job_row.source,
             id_column=job_row.id_column,
             weight_column=None,
             item_columns=item_columns,
             filter=sa.text(stored) if use_stored else filter,
         )
-    if not use_stored and source.binding.filter_text != stored:
+    if not use_stored:
+        _check_binding(job_row, source)
+    if weight_column is not None and weight_column in source.table.c:
+        # replace(), not assignment: the source's statements are built from its columns
+        return dataclasses.replace(source, weight_col=source.table.c[weight_column])
+    return source
+
+
+def _check_binding(job_row: Any, source: Source) -> None:
+    stored = job_row.filter_text
+    if source.binding.filter_text != stored:
         given = source.binding.filter_text or "no filter"
         raise JobSourceMismatchError(
             f"job {job_row.job_identifier!r} was bound to filter "
             f"{stored or 'none'}, not {given}; pass the job's own filter "
             "(or trust_stored_filter=True / --trust-stored-filter to run the stored SQL)"
         )
-    if weight_column is not None and weight_column in source.table.c:
-        # replace(), not assignment: the source's statements are built from its columns
-        return dataclasses.replace(source, weight_col=source.table.c[weight_column])
-    return source
 
 
 async def _count_ahead(
@@ -110,28 +99,26 @@ async def _count_ahead(
 
 
 async def backlog_of(
-    inventory: Inventory, source: Source, job: str, id_start: int | None, id_end: int | None
+    store: Storage, source: Source, job: str, id_start: int | None, id_end: int | None
 ) -> Backlog:
     """The backlog of ``job`` over ``source``: matching items after its cursor, in the window."""
-    jobs = inventory.backend.tables.jobs
-    async with backend_errors(f"reading job {job!r}", inventory.inventory_engine):
-        async with read_connection(inventory.inventory_engine) as conn:
-            cursor = await conn.scalar(sa.select(jobs.c.cursor).where(jobs.c.job_identifier == job))
+    jobs = store.tables.jobs
+    async with store.reading(f"reading job {job!r}") as conn:
+        cursor = await conn.scalar(sa.select(jobs.c.cursor).where(jobs.c.job_identifier == job))
     async with backend_errors(f"counting the backlog of job {job!r}", source.engine):
         return await _count_ahead(source, cursor, id_start, id_end)
 
 
-async def batch_ranges(inventory: Inventory, ids: Sequence[int]) -> list[tuple[int, int, int, int]]:
+async def batch_ranges(store: Storage, ids: Sequence[int]) -> list[tuple[int, int, int, int]]:
     """``(id, range_start, range_end, attempt)`` of the given batches, for log lines."""
     if not ids:
         return []
-    b = inventory.backend.tables.batches
+    b = store.tables.batches
     query = sa.select(b.c.id, b.c.range_start, b.c.range_end, b.c.attempt).where(
         b.c.id.in_(list(ids))
     )
-    async with backend_errors("reading batches", inventory.inventory_engine):
-        async with read_connection(inventory.inventory_engine) as conn:
-            rows = (await conn.execute(query.order_by(b.c.id))).all()
+    async with store.reading("reading batches") as conn:
+        rows = (await conn.execute(query.order_by(b.c.id))).all()
     return [(int(r.id), int(r.range_start), int(r.range_end), int(r.attempt)) for r in rows]
 
 
@@ -139,75 +126,77 @@ async def batch_ranges(inventory: Inventory, ids: Sequence[int]) -> list[tuple[i
 
 
 async def job_status(
-    inventory: Inventory,
-    job: str,
+    store: Storage,
+    job: Job | str,
     *,
     filter: Filter = None,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight_column: str | None = "weight",
+    weight_column: str | None = None,
     trust_stored_filter: bool = False,
 ) -> JobStatus:
     """The status of ``job`` (see :class:`JobStatus`)."""
-    backend = inventory.backend
+    backend = store.backend
     b = backend.tables.batches
-    async with backend_errors(f"reading the status of job {job!r}", backend.engine):
-        async with read_connection(backend.engine) as conn:
-            row = await job_row(conn, inventory, job)
-            current = b.c.generation == row.generation
-            now = db_now(backend.dialect)
+    name = job.job_identifier if isinstance(job, Job) else job
+    stored = await store.stored_job(name)
+    row = stored.row
+    async with store.reading(f"reading the status of job {name!r}") as conn:
+        current = b.c.generation == row.generation
+        now = db_now(backend.dialect)
 
-            def count(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-                return sa.func.sum(sa.case((sa.and_(current, *conds), 1), else_=0))
+        def count(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+            return sa.func.sum(sa.case((sa.and_(current, *conds), 1), else_=0))
 
-            def weight(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[float]:
-                return sa.func.sum(sa.case((sa.and_(current, *conds), b.c.weight), else_=0))
+        def weight(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[float]:
+            return sa.func.sum(sa.case((sa.and_(current, *conds), b.c.weight), else_=0))
 
-            running = b.c.status == "running"
-            ok = b.c.status == "succeeded"
-            failed = b.c.status == "failed"
-            # One pass over the job's rows (the job_range index), whatever their number.
-            agg = (
-                await conn.execute(
-                    sa.select(
-                        count(running),
-                        weight(running),
-                        count(ok),
-                        weight(ok),
-                        count(failed),
-                        weight(failed),
-                        count(failed, b.c.attempt < b.c.max_attempts),
-                        count(failed, b.c.attempt >= b.c.max_attempts),
-                        sa.func.sum(sa.case((current, 0), else_=1)),
-                        count(running, b.c.lease_expires_at < now),
-                        sa.func.min(sa.case((sa.and_(current, running), b.c.processing_start))),
-                        sa.func.min(sa.case((sa.and_(current, running), b.c.lease_expires_at))),
-                        sa.func.max(sa.case((ok, b.c.processing_end))),
-                    ).where(b.c.job_identifier == job)
-                )
-            ).one()
+        running = b.c.status == "running"
+        ok = b.c.status == "succeeded"
+        failed = b.c.status == "failed"
+        # One pass over the job's rows (the job_range index), whatever their number.
+        agg = (
+            await conn.execute(
+                sa.select(
+                    count(running),
+                    weight(running),
+                    count(ok),
+                    weight(ok),
+                    count(failed),
+                    weight(failed),
+                    count(failed, b.c.attempt < b.c.max_attempts),
+                    count(failed, b.c.attempt >= b.c.max_attempts),
+                    sa.func.sum(sa.case((current, 0), else_=1)),
+                    count(running, b.c.lease_expires_at < now),
+                    sa.func.min(sa.case((sa.and_(current, running), b.c.processing_start))),
+                    sa.func.min(sa.case((sa.and_(current, running), b.c.lease_expires_at))),
+                    sa.func.max(sa.case((ok, b.c.processing_end))),
+                ).where(b.c.job_identifier == name)
+            )
+        ).one()
     counts = [int(v or 0) for v in (agg[0], agg[2], agg[4], *agg[6:10])]
     weights = [float(v or 0) for v in (agg[1], agg[3], agg[5])]
     oldest, earliest, last_ok = agg[10:]
 
+    definition = job if isinstance(job, Job) else stored.job
+    if definition is not None:
+        id_start = definition.id_start if id_start is None else id_start
+        id_end = definition.id_end if id_end is None else id_end
+    frontier = await _frontier(store, row.source) if row.source_kind == "job" else None
     backlog: Backlog | None = None
     note: str | None = None
-    frontier: int | None = None
-    if row.source_kind == "job":
-        source = job_source(backend.engine, backend.tables, row.source)
-        frontier = await _frontier(inventory, row.source)
-        backlog = await backlog_of(inventory, source, job, id_start, id_end)
-    elif row.filter_text and filter is None and not trust_stored_filter:
-        note = "the job has a filter: pass it (filter=...) or trust the stored one to count the backlog"
-    else:
-        source = await table_source(
-            inventory,
-            row,
-            filter,
-            trust_stored_filter=trust_stored_filter,
-            weight_column=weight_column,
+    try:
+        source = await _backlog_source(
+            store, stored, job, filter, weight_column, trust_stored_filter
         )
-        backlog = await backlog_of(inventory, source, job, id_start, id_end)
+        if isinstance(source, str):
+            note = source
+        else:
+            backlog = await backlog_of(store, source, name, id_start, id_end)
+    except BackendError as exc:
+        # The inventory's own counts stand; only the backlog needs the metadata table.
+        note = f"the metadata database could not be read, so only the inventory's own counts are shown: {exc}"
+    stored_definition = json.loads(row.definition) if row.definition else None
     return JobStatus(
         job_identifier=row.job_identifier,
         source_kind=row.source_kind,
@@ -233,23 +222,54 @@ async def job_status(
         frontier_batch_id=frontier,
         backlog=backlog,
         backlog_note=note,
+        definition=stored_definition,
     )
 
 
-async def _frontier(inventory: Inventory, upstream: str) -> int | None:
+async def _backlog_source(
+    store: Storage,
+    stored: StoredJob,
+    job: Job | str,
+    filter: Filter,
+    weight_column: str | None,
+    trust_stored_filter: bool,
+) -> Source | str:
+    """The source to count the backlog on, or why there is none."""
+    row = stored.row
+    if row.source_kind == "job":
+        return job_source(store.engine, store.tables, row.source)
+    if isinstance(job, Job) and filter is None and weight_column is None:
+        source = await store.source(job)
+        _check_binding(row, source)
+        return source
+    given_filter = filter is not None or trust_stored_filter
+    if not given_filter and stored.filter_kind != "expression" and stored.job is not None:
+        if weight_column is None or weight_column == stored.job.weight_column:
+            return await store.source(stored.job)  # the stored definition, exactly
+    if not given_filter and stored.filter_kind == "expression":
+        return (
+            "the job's filter is a SQL expression, stored as text only: pass the Job (or "
+            "filter=...), or trust the stored text (trust_stored_filter=True, "
+            "--trust-stored-filter) to count the backlog"
+        )
+    if weight_column is None:
+        weight_column = stored.job.weight_column if stored.job is not None else "weight"
+    return await table_source(
+        store, row, filter, trust_stored_filter=trust_stored_filter, weight_column=weight_column
+    )
+
+
+async def _frontier(store: Storage, upstream: str) -> int | None:
     """The upstream's oldest unfinished batch of its current generation (partial index)."""
-    query = sa.select(frontier(inventory.backend.tables, upstream))
-    async with backend_errors(
-        f"reading the frontier of job {upstream!r}", inventory.inventory_engine
-    ):
-        async with read_connection(inventory.inventory_engine) as conn:
-            value = await conn.scalar(query)
+    query = sa.select(frontier(store.tables, upstream))
+    async with store.reading(f"reading the frontier of job {upstream!r}") as conn:
+        value = await conn.scalar(query)
     return None if value is None else int(value)
 
 
-async def list_jobs(inventory: Inventory) -> list[JobSummary]:
+async def list_jobs(store: Storage) -> list[JobSummary]:
     """Every job, with its unfinished batches counted through the partial index."""
-    backend = inventory.backend
+    backend = store.backend
     b, jobs = backend.tables.batches, backend.tables.jobs
     exhausted = sa.case(
         (sa.and_(b.c.status == "failed", b.c.attempt >= b.c.max_attempts), 1), else_=0
@@ -265,10 +285,9 @@ async def list_jobs(inventory: Inventory) -> list[JobSummary]:
         .where(unfinished(b), b.c.generation == jobs.c.generation)
         .group_by(b.c.job_identifier)
     )
-    async with backend_errors("listing the jobs", backend.engine):
-        async with read_connection(backend.engine) as conn:
-            job_rows = (await conn.execute(sa.select(jobs).order_by(jobs.c.job_identifier))).all()
-            counts = {r.job_identifier: r for r in (await conn.execute(open_counts)).all()}
+    async with store.reading("listing the jobs") as conn:
+        job_rows = (await conn.execute(sa.select(jobs).order_by(jobs.c.job_identifier))).all()
+        counts = {r.job_identifier: r for r in (await conn.execute(open_counts)).all()}
     summaries = []
     for row in job_rows:
         c = counts.get(row.job_identifier)

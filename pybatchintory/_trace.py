@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,12 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ._engines import backend_errors, read_connection
 from ._reports import AttemptLog, TraceEntry
 from ._source import Filter
-from ._status import job_row, table_source
+from ._status import table_source
+from ._storage import Storage, job_row
 from .exceptions import InvalidArgumentError
-
-if TYPE_CHECKING:
-    from .inventory import Inventory
-
 
 _MAX_DEPTH = 16  # recursion chains longer than this are surely a cycle
 
@@ -28,7 +25,7 @@ def _same_table(stored: str, given: str) -> bool:
     return stored == given or ("." not in given and stored.rpartition(".")[2] == given)
 
 
-async def trace_item(inventory: Inventory, source_table: str, item_id: int) -> list[TraceEntry]:
+async def trace_item(store: Storage, source_table: str, item_id: int) -> list[TraceEntry]:
     """Every batch, of every job and generation, that covered ``item_id`` of ``source_table``,
     then the batches of downstream jobs that consumed those batches.
 
@@ -39,7 +36,7 @@ async def trace_item(inventory: Inventory, source_table: str, item_id: int) -> l
     """
     if isinstance(item_id, bool) or not isinstance(item_id, int):
         raise InvalidArgumentError(f"item_id must be an integer id, got {item_id!r}")
-    backend = inventory.backend
+    backend = store.backend
     jobs = backend.tables.jobs
     async with backend_errors(f"tracing item {item_id} of {source_table!r}", backend.engine):
         async with read_connection(backend.engine) as conn:
@@ -65,7 +62,7 @@ async def trace_item(inventory: Inventory, source_table: str, item_id: int) -> l
             while pending and depth < _MAX_DEPTH:
                 found: list[tuple[Any, int, int | None]] = []
                 for job_row, covered_id, via in pending:
-                    for entry in await _covering(conn, inventory, job_row, covered_id, via, depth):
+                    for entry in await _covering(conn, store, job_row, covered_id, via, depth):
                         entries.append(entry)
                         # Only a success hands the batch to downstream jobs.
                         if entry.status == "succeeded":
@@ -79,13 +76,13 @@ async def trace_item(inventory: Inventory, source_table: str, item_id: int) -> l
 
 async def _covering(
     conn: AsyncConnection,
-    inventory: Inventory,
+    store: Storage,
     job_row: Any,
     item_id: int,
     via: int | None,
     depth: int,
 ) -> list[TraceEntry]:
-    tables = inventory.backend.tables
+    tables = store.backend.tables
     b, logs = tables.batches, tables.logs
     entries = []
     for generation in range(job_row.generation, -1, -1):
@@ -155,7 +152,7 @@ def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 async def source_rows(
-    inventory: Inventory,
+    store: Storage,
     job: str,
     ranges: Sequence[tuple[int, int]],
     *,
@@ -166,12 +163,12 @@ async def source_rows(
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """The metadata rows behind ``ranges`` of ``job``: followed down the chain of upstream
     jobs to the metadata table, as the union of the ranges found there."""
-    backend = inventory.backend
+    backend = store.backend
     b = backend.tables.batches
     seen: set[str] = set()
     async with backend_errors(f"following job {job!r} to its metadata table", backend.engine):
         async with read_connection(backend.engine) as conn:
-            row = await job_row(conn, inventory, job)
+            row = await job_row(conn, store.tables, job)
             while row.source_kind == "job":
                 if row.job_identifier in seen or len(seen) >= _MAX_DEPTH:
                     raise InvalidArgumentError(f"job {job!r} has a cyclic chain of upstream jobs")
@@ -189,9 +186,9 @@ async def source_rows(
                     )
                     upstream.extend((r.range_start, r.range_end) for r in found)
                 ranges = upstream
-                row = await job_row(conn, inventory, row.source)
+                row = await job_row(conn, store.tables, row.source)
     source = await table_source(
-        inventory,
+        store,
         row,
         filter,
         trust_stored_filter=trust_stored_filter,

@@ -171,10 +171,14 @@ class Batch:
         args: tuple[Any, ...] | list[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
     ) -> T:
-        """Run ``func(*args, **kwargs)`` under the lease: success on return, failure
-        recorded and re-raised on an exception. A sync ``func`` runs in a worker thread,
-        off the event loop. Returns what ``func`` returns."""
-        call = functools.partial(func, *args, **(kwargs or {}))
+        """Run ``func(batch.items, *args, **kwargs)`` under the lease: success on return,
+        failure recorded and re-raised on an exception. A sync ``func`` runs in a worker
+        thread, off the event loop. Returns what ``func`` returns.
+
+        The specification's "version 2" of a worker: ``batch.process(process_func)`` is
+        ``process_func(batch.items)`` inside try/except with success and error recorded.
+        """
+        call = functools.partial(func, self.items, *args, **(kwargs or {}))
         async with self:
             if inspect.iscoroutinefunction(func):
                 return await call()  # type: ignore[misc,no-any-return]

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job")
     status.add_argument("--id-start", type=int, help="count the backlog from this id")
     status.add_argument("--id-end", type=int, help="count the backlog up to this id")
-    status.add_argument("--weight-column", default="weight", help="the source's weight column")
+    status.add_argument(
+        "--weight-column", default=None, help="the source's weight column (default: the job's stored one)"
+    )
     status.add_argument(
         "--trust-stored-filter",
         action="store_true",
@@ -122,6 +124,16 @@ def _status_text(s: Any) -> str:
         ("last success", s.last_success_at),
         ("backlog", backlog),
     ]
+    if s.definition:
+        d = s.definition
+        budget = ", ".join(
+            f"{label} {d[key]:g}" if isinstance(d[key], float) else f"{label} {d[key]}"
+            for key, label in (("weight", "weight"), ("max_items", "items"))
+            if d.get(key) is not None
+        )
+        pairs.insert(2, ("budget", budget or "unbounded"))
+        if d.get("weight_column"):
+            pairs.insert(3, ("weight column", d["weight_column"]))
     if s.source_kind == "job":
         pairs.insert(3, ("upstream frontier", s.frontier_batch_id))
     if s.superseded:

@@ -6,13 +6,13 @@ import asyncio
 import logging
 import os
 import socket
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from contextlib import nullcontext
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, overload
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typing_extensions import Unpack
 
 from ._backend import Backend, BatchRecord
 from ._engines import (
@@ -22,19 +22,28 @@ from ._engines import (
     retry_transient,
     write_transaction,
 )
-from ._request import AcquireRequest, make_request, positive_int, resolve_job_identifier
-from ._source import Filter, Source, job_source, reflect_table_source
+from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+from ._reset import reset_job
+from ._source import Source
+from ._status import backlog_of, batch_ranges, job_status, list_jobs
+from ._storage import Storage
 from ._tables import build_tables
+from ._trace import source_rows, trace_item
 from .batch import Batch
 from .config import Settings, hide_password
-from .exceptions import ConfigurationError, InventoryNotOpenError
-
-if TYPE_CHECKING:
-    from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+from .exceptions import ConfigurationError, InvalidArgumentError, InventoryNotOpenError
+from .job import (
+    Filter,
+    Job,
+    JobArguments,
+    JobOptions,
+    job_definition,
+    job_name,
+    positive_int,
+    resolve_job,
+)
 
 __all__ = ["Inventory"]
-
-_SOURCE_CACHE_SIZE = 64
 
 logger = logging.getLogger("pybatchintory")
 
@@ -83,13 +92,10 @@ class Inventory:
         )
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self._tables = build_tables(self.settings)
-        self._backend: Backend | None = None
-        self._meta_engine: AsyncEngine | None = None
-        # LRU: a filter written inline makes a new object (and key) at every call.
-        self._sources: OrderedDict[Hashable, tuple[Source, Any]] = OrderedDict()
+        self._storage: Storage | None = None
 
     def __repr__(self) -> str:
-        state = "open" if self._backend is not None else "closed"
+        state = "open" if self._storage is not None else "closed"
         return (
             f"<Inventory {state} inventory_url={hide_password(self.settings.inventory_dsn)!r} "
             f"meta_url={hide_password(self.settings.meta_dsn)!r}>"
@@ -99,7 +105,7 @@ class Inventory:
 
     async def open(self) -> Inventory:
         """Create the engines and, if absent, the backend tables."""
-        if self._backend is not None:
+        if self._storage is not None:
             return self
         inventory_engine = create_engine(self.settings.inventory_dsn, self.settings, writer=True)
         meta_engine = create_engine(self.settings.meta_dsn, self.settings, writer=False)
@@ -109,19 +115,17 @@ class Inventory:
         except BaseException:
             await complete_despite_cancellation(_dispose(inventory_engine, meta_engine))
             raise
-        self._backend, self._meta_engine = backend, meta_engine
+        self._storage = Storage(backend, meta_engine)
         return self
 
     async def close(self) -> None:
         """Dispose of both engines' pools. Batches not finished keep their lease."""
-        backend, meta = self._backend, self._meta_engine
-        self._backend = self._meta_engine = None
-        if backend is not None:
-            backend.closed = True  # its batches must not reopen the disposed pool
-        self._sources.clear()
-        await complete_despite_cancellation(
-            _dispose(backend.engine if backend is not None else None, meta)
-        )
+        store, self._storage = self._storage, None
+        if store is None:
+            return
+        store.backend.closed = True  # its batches must not reopen the disposed pool
+        store.forget_sources()
+        await complete_despite_cancellation(_dispose(store.engine, store.meta_engine))
 
     async def __aenter__(self) -> Inventory:
         return await self.open()
@@ -135,42 +139,49 @@ class Inventory:
         await self.close()
 
     @property
-    def backend(self) -> Backend:
-        """The backend tables' SQL on the inventory engine (once open)."""
-        if self._backend is None:
+    def storage(self) -> Storage:
+        """Both databases, once open (the layer every feature works on)."""
+        if self._storage is None:
             raise InventoryNotOpenError(
                 "the inventory is not open: use 'async with Inventory(...)' or "
                 "'await inventory.open()' first"
             )
-        return self._backend
+        return self._storage
+
+    @property
+    def backend(self) -> Backend:
+        """The backend tables' SQL on the inventory engine (once open)."""
+        return self.storage.backend
 
     @property
     def inventory_engine(self) -> AsyncEngine:
         """The engine of the backend tables."""
-        return self.backend.engine
+        return self.storage.engine
 
     @property
     def meta_engine(self) -> AsyncEngine:
         """The engine of the metadata table (read only)."""
-        self.backend  # noqa: B018 -- raises the helpful error when closed
-        assert self._meta_engine is not None
-        return self._meta_engine
+        return self.storage.meta_engine
 
     # -- administration and observability -----------------------------------------
 
-    async def retry(self, job_identifier: str, batch_id: int | None = None) -> list[int]:
+    async def retry(self, job: Job | str, batch_id: int | None = None) -> list[int]:
         """Re-queue failed batches of the job that used up their attempts (or only
         ``batch_id``): each gets one more attempt, handed out by the next acquisition
         before any new range. Returns the ids re-queued."""
-        job = resolve_job_identifier(job_identifier, None)
-        from ._status import batch_ranges
-
-        ids = await self.backend.requeue(job, batch_id)
-        for batch_id_, start, end, attempt in await batch_ranges(self, ids):
+        name = job_name(job)
+        store = self.storage
+        ids = await store.backend.requeue(name, batch_id)
+        for batch_id_, start, end, attempt in await batch_ranges(store, ids):
             logger.info(
-                "batch re-queued for one more attempt",
+                "batch %s of job %s (ids %s..%s) re-queued for attempt %s",
+                batch_id_,
+                name,
+                start,
+                end,
+                attempt + 1,
                 extra={
-                    "job": job,
+                    "job": name,
                     "batch_id": batch_id_,
                     "range_start": start,
                     "range_end": end,
@@ -181,28 +192,31 @@ class Inventory:
 
     async def status(
         self,
-        job_identifier: str,
+        job: Job | str,
         *,
         filter: Filter = None,
         id_start: int | None = None,
         id_end: int | None = None,
-        weight_column: str | None = "weight",
+        weight_column: str | None = None,
         trust_stored_filter: bool = False,
     ) -> JobStatus:
         """The job's cursor, batch counts and weights per status, leases, last success,
-        and its backlog: items and weight still ahead of its cursor (within
-        ``id_start``..``id_end``), so that the next run can be sized before it starts.
+        and its backlog: items and weight still ahead of its cursor, so that the next
+        run can be sized before it starts.
 
-        A job reading a filtered table only stores its filter as SQL text. Pass the same
-        ``filter`` as its acquisitions (checked against that text) to count the backlog,
-        or ``trust_stored_filter=True`` to run the stored text on the metadata database;
-        otherwise ``backlog`` is None and ``backlog_note`` says why.
+        ``job`` is a :class:`Job` or the name of one: the inventory stores each job's
+        definition, so the name alone gives the right weight column, window and (for a
+        mapping filter) filter. An expression filter is stored as SQL text only: pass the
+        Job or its ``filter``, or ``trust_stored_filter=True`` to run the stored text.
+        ``id_start``, ``id_end`` and ``weight_column`` override the stored ones. When the
+        metadata database cannot be reached, the inventory's own counts are reported and
+        ``backlog_note`` says why the backlog is missing.
         """
-        from ._status import job_status
-
+        if not isinstance(job, Job):
+            job = job_name(job)
         return await job_status(
-            self,
-            resolve_job_identifier(job_identifier, None),
+            self.storage,
+            job,
             filter=filter,
             id_start=id_start,
             id_end=id_end,
@@ -212,66 +226,47 @@ class Inventory:
 
     async def jobs(self) -> list[JobSummary]:
         """Every job with its source and a one-line status."""
-        from ._status import list_jobs
-
-        return await list_jobs(self)
+        return await list_jobs(self.storage)
 
     async def trace(self, source_table: str, item_id: int) -> list[TraceEntry]:
         """Every batch of every job that covered ``item_id`` of ``source_table``, with
         its attempts and log lines, then the batches of downstream jobs that consumed
         those batches. Index lookups only: fast whatever the inventory's size."""
-        from ._trace import trace_item
-
-        return await trace_item(self, source_table, item_id)
+        return await trace_item(self.storage, source_table, item_id)
 
     async def reset(
-        self, job_identifier: str, to_id: int | None = None, *, force: bool = False
+        self, job: Job | str, to_id: int | None = None, *, force: bool = False
     ) -> ResetResult:
         """Rewind the job's cursor so that ids after ``to_id`` (all, if None) are
         processed again; history is kept, in an older generation. Refuses while batches
         after ``to_id`` run, unless ``force`` (their workers then lose them). Unfinished
         batches at or below ``to_id`` stay to be finished; see :class:`ResetResult`."""
-        from ._reset import reset_job
+        return await reset_job(self.storage, job_name(job), to_id, force=force)
 
-        return await reset_job(self, resolve_job_identifier(job_identifier, None), to_id, force=force)
+    @overload
+    async def backlog(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Backlog: ...
 
+    @overload
     async def backlog(
         self,
         source_table: str | None = None,
         job_identifier: str | None = None,
-        *,
-        source_job: str | None = None,
-        filter: Filter = None,
-        id_start: int | None = None,
-        id_end: int | None = None,
-        id_column: str = "id",
-        weight_column: str | None = "weight",
-        job_identifer: str | None = None,
-    ) -> Backlog:
-        """Items and weight that acquisitions with these arguments still have ahead (new
-        ranges only, not retries), to size a run before it starts."""
-        from ._status import backlog_of
+        **arguments: Unpack[JobArguments],
+    ) -> Backlog: ...
 
-        request = make_request(
-            self.settings,
-            source_table=source_table,
-            source_job=source_job,
-            job_identifier=job_identifier,
-            job_identifer=job_identifer,
-            weight=None,
-            max_items=None,
-            id_start=id_start,
-            id_end=id_end,
-            filter=filter,
-            id_column=id_column,
-            weight_column=weight_column,
-            item_columns=None,
-            max_attempts=None,
-            lease_seconds=None,
-            load_items=False,
-        )
-        source = await self._source(request)
-        return await backlog_of(self, source, request.job_identifier, id_start, id_end)
+    async def backlog(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Any,
+    ) -> Backlog:
+        """Items and weight that the job's acquisitions still have ahead (new ranges
+        only, not retries), to size a run before it starts. ``job`` is a :class:`Job`,
+        the name of a stored job, or the flat keyword form of ``acquire_batch``."""
+        store = self.storage
+        job = await self._job_of_call(source_table, job_identifier, arguments)
+        source = await store.source(job)
+        return await backlog_of(store, source, job.job_identifier, job.id_start, job.id_end)
 
     async def iter_source_items(
         self,
@@ -286,10 +281,8 @@ class Inventory:
         followed down the chain to the metadata table, as a union (a row covered twice,
         after an upstream reset, comes once). ``filter`` is the root job's filter, checked
         against the one it stored (or ``trust_stored_filter=True`` to run the stored SQL)."""
-        from ._trace import source_rows
-
         chunks = source_rows(
-            self,
+            self.storage,
             batch.job_identifier,
             [(batch.range_start, batch.range_end)],
             filter=filter,
@@ -303,141 +296,138 @@ class Inventory:
 
     # -- acquisition ---------------------------------------------------------------
 
+    @overload
+    async def acquire_batch(
+        self, job: Job, /, *, load_items: bool = True, **options: Unpack[JobOptions]
+    ) -> Batch | None: ...
+
+    @overload
     async def acquire_batch(
         self,
         source_table: str | None = None,
         job_identifier: str | None = None,
         *,
-        source_job: str | None = None,
-        weight: float | None = None,
-        max_items: int | None = None,
-        id_start: int | None = None,
-        id_end: int | None = None,
-        filter: Filter = None,
-        id_column: str = "id",
-        weight_column: str | None = "weight",
-        item_columns: Iterable[str] | None = None,
-        max_attempts: int | None = None,
-        lease_seconds: float | None = None,
         load_items: bool = True,
-        settle_column: str | None = None,
-        settle_seconds: float | None = None,
-        job_identifer: str | None = None,
+        **arguments: Unpack[JobArguments],
+    ) -> Batch | None: ...
+
+    async def acquire_batch(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        *,
+        load_items: bool = True,
+        **arguments: Any,
     ) -> Batch | None:
         """Take the job's next batch, or None when nothing is left in its window.
+
+        ``acquire_batch(job)`` with a :class:`Job`, optionally with per-call overrides of
+        its budget, window, lease or attempts (:class:`JobOptions`); or the flat keyword
+        form, ``acquire_batch(source_table="meta", job_identifier="job", weight=10)``
+        (``job_identifer`` is an alias), which builds the Job.
 
         A failed batch with attempts left, or a running one whose lease expired, is
         handed out again first (same range, next attempt). Otherwise a new range starts
         after the job's cursor (and at ``id_start`` or later, up to ``id_end``) and holds
         the most consecutive matching items whose weights sum to at most ``weight``
         (an item heavier than ``weight`` forms a batch alone) and at most ``max_items``.
-        ``settle_column`` and ``settle_seconds`` keep the job from planning past a row
-        younger than ``settle_seconds`` by that timestamp column, so that rows whose
-        lower ids become visible late are not skipped (see the README's known hazard).
-        ``job_identifer`` is an alias of ``job_identifier``.
+        ``load_items=False`` leaves ``batch.items`` unloaded (stream with ``iter_items``).
         """
-        request = make_request(self.settings, **_acquire_arguments(locals()))
-        source = await self._source(request)
-        return await self._acquire(request, source, run_upper=None)
+        job = resolve_job(source_table, job_identifier, arguments)
+        source = await self.storage.source(job)
+        return await self._acquire(job, source, run_upper=None, load_items=load_items)
 
+    @overload
+    def acquire_batches(
+        self,
+        job: Job,
+        /,
+        *,
+        batch_count: int | None = None,
+        load_items: bool = True,
+        **options: Unpack[JobOptions],
+    ) -> AsyncIterator[Batch]: ...
+
+    @overload
     def acquire_batches(
         self,
         source_table: str | None = None,
         job_identifier: str | None = None,
         *,
         batch_count: int | None = None,
-        source_job: str | None = None,
-        weight: float | None = None,
-        max_items: int | None = None,
-        id_start: int | None = None,
-        id_end: int | None = None,
-        filter: Filter = None,
-        id_column: str = "id",
-        weight_column: str | None = "weight",
-        item_columns: Iterable[str] | None = None,
-        max_attempts: int | None = None,
-        lease_seconds: float | None = None,
         load_items: bool = True,
-        settle_column: str | None = None,
-        settle_seconds: float | None = None,
-        job_identifer: str | None = None,
+        **arguments: Unpack[JobArguments],
+    ) -> AsyncIterator[Batch]: ...
+
+    def acquire_batches(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        *,
+        batch_count: int | None = None,
+        load_items: bool = True,
+        **arguments: Any,
     ) -> AsyncIterator[Batch]:
         """Yield up to ``batch_count`` batches (None: until nothing is left), one at a time.
 
-        The run's upper id bound is the table's highest id when the run starts, so a
-        run over a table that keeps growing still ends. Finish each batch before taking
-        the next, or the lease of an unfinished one runs out.
+        Takes the same job arguments as :meth:`acquire_batch`, checked now, so bad input
+        raises here rather than at the first ``anext``. The run's upper id bound is the
+        table's highest id when the run starts, so a run over a table that keeps growing
+        still ends. Finish each batch before taking the next, or the lease of an
+        unfinished one runs out.
         """
-        arguments = _acquire_arguments(locals())
-        count = positive_int(arguments.pop("batch_count"), "batch_count")
-        request = make_request(self.settings, **arguments)
-        return self._acquire_many(request, count)
+        job = resolve_job(source_table, job_identifier, arguments)
+        count = positive_int(batch_count, "batch_count")
+        return self._acquire_many(job, count, load_items)
+
+    async def _job_of_call(
+        self, job: Job | str | None, job_identifier: str | None, arguments: dict[str, Any]
+    ) -> Job:
+        """The Job of a call that may also name a stored job: ``backlog("name")``."""
+        if isinstance(job, str) and job_identifier is None and not _names_source(arguments):
+            stored = await self.storage.stored_job(job_name(job))
+            if stored.job is None or stored.filter_kind == "expression":
+                raise InvalidArgumentError(
+                    f"job {job!r} has no stored definition that can be rebuilt (it was last "
+                    "acquired by pybatchintory 0.1, or its filter is a SQL expression): pass "
+                    "the Job"
+                )
+            return stored.job.with_options(**arguments)
+        return resolve_job(job, job_identifier, arguments)
 
     async def _acquire_many(
-        self, request: AcquireRequest, count: int | None
+        self, job: Job, count: int | None, load_items: bool
     ) -> AsyncIterator[Batch]:
-        source = await self._source(request)
+        source = await self.storage.source(job)
         async with backend_errors("reading the source's highest id", source.engine):
             run_upper = await source.max_id()
         if run_upper is None:
             return
         taken = 0
         while count is None or taken < count:
-            batch = await self._acquire(request, source, run_upper=run_upper)
+            batch = await self._acquire(job, source, run_upper=run_upper, load_items=load_items)
             if batch is None:
                 return
             taken += 1
             yield batch
 
-    async def _source(self, request: AcquireRequest) -> Source:
-        """The request's source, reflected once and cached with its filter."""
-        key = _source_key(request)
-        cached = self._sources.get(key) if key is not None else None
-        if cached is not None:
-            self._sources.move_to_end(key)
-            return cached[0]
-        if request.source_job is not None:
-            source = job_source(self.inventory_engine, self._tables, request.source_job)
-        else:
-            assert request.source_table is not None
-            async with backend_errors("reflecting the source table", self.meta_engine):
-                source = await reflect_table_source(
-                    self.meta_engine,
-                    request.source_table,
-                    id_column=request.id_column,
-                    weight_column=request.weight_column,
-                    item_columns=request.item_columns,
-                    filter=request.filter,
-                    settle_column=request.settle_column,
-                    settle_seconds=request.settle_seconds,
-                )
-        if key is not None:
-            # The filter object is kept alive with the entry, so its id() stays unique.
-            self._sources[key] = (source, request.filter)
-            if len(self._sources) > _SOURCE_CACHE_SIZE:
-                self._sources.popitem(last=False)
-        return source
-
     async def _acquire(
-        self, request: AcquireRequest, source: Source, run_upper: int | None
+        self, job: Job, source: Source, run_upper: int | None, load_items: bool
     ) -> Batch | None:
-        backend = self.backend
-        upper = _lowest(request.id_end, run_upper)
+        backend = self.storage.backend
+        upper = _lowest(job.id_end, run_upper)
+        name = job.job_identifier
+        definition = job_definition(job)
+        lease = job.lease_seconds or self.settings.lease_seconds
+        max_attempts = job.max_attempts or self.settings.max_attempts
 
         async def take() -> BatchRecord | None:
             async with write_transaction(backend.engine) as conn:
-                job = await backend.lock_job(conn, request.job_identifier, source.binding)
-                record = await backend.reclaim(
-                    conn,
-                    request.job_identifier,
-                    job,
-                    request.window,
-                    request.lease_seconds,
-                    self.worker,
-                )
+                state = await backend.lock_job(conn, name, source.binding, definition)
+                record = await backend.reclaim(conn, name, state, job.window, lease, self.worker)
                 if record is not None:
                     return record
-                start = _highest(request.id_start, None if job.cursor is None else job.cursor + 1)
+                start = _highest(job.id_start, None if state.cursor is None else state.cursor + 1)
                 if start is not None and upper is not None and start > upper:
                     return None
                 # A job source plans inside this transaction, where a conflict must reach
@@ -448,38 +438,42 @@ class Inventory:
                     plan = await source.plan(
                         start if start is not None else -(2**63),
                         upper,
-                        request.weight,
-                        request.max_items,
+                        job.weight,
+                        job.max_items,
                         conn=conn if same_engine else None,
                     )
                 if plan is None:
                     return None
                 return await backend.insert_batch(
                     conn,
-                    request.job_identifier,
-                    job,
+                    name,
+                    state,
                     plan,
-                    max_attempts=request.max_attempts,
-                    lease_seconds=request.lease_seconds,
+                    max_attempts=max_attempts,
+                    lease_seconds=lease,
                     worker=self.worker,
                 )
 
-        async with backend_errors(f"acquiring a batch of job {request.job_identifier!r}", backend.engine):
+        async with backend_errors(f"acquiring a batch of job {name!r}", backend.engine):
             if backend.dialect == "sqlite":
                 record = await _take_despite_cancellation(retry_transient(take), backend)
             else:
                 record = await retry_transient(take)
         if record is None:
             return None
-        batch = Batch(backend, record, source, request.lease_seconds)
+        batch = Batch(backend, record, source, lease)
         logger.info(
-            "acquired batch (attempt %s, %s items, weight %g)",
+            "acquired batch %s of job %s: ids %s..%s, attempt %s, %s items, weight %g",
+            record.id,
+            name,
+            record.range_start,
+            record.range_end,
             record.attempt,
             record.item_count,
             record.weight,
             extra=batch._log_fields(),
         )
-        if request.load_items:
+        if load_items:
             await self._load_items(batch, source)
         return batch
 
@@ -543,40 +537,8 @@ async def _release_taken(task: asyncio.Future[BatchRecord | None], backend: Back
         )
 
 
-def _acquire_arguments(local_vars: dict[str, Any]) -> dict[str, Any]:
-    arguments = dict(local_vars)
-    arguments.pop("self")
-    return arguments
-
-
-def _source_key(request: AcquireRequest) -> Hashable | None:
-    """A cache key for the source, or None when the filter cannot be keyed."""
-    filter = request.filter
-    if filter is None:
-        filter_key: Hashable = None
-    elif isinstance(filter, Mapping):
-        try:
-            filter_key = tuple(
-                sorted(
-                    (k, tuple(v) if isinstance(v, (list, set, frozenset)) else v)
-                    for k, v in filter.items()
-                )
-            )
-            hash(filter_key)
-        except TypeError:
-            return None
-    else:
-        filter_key = ("object", id(filter))
-    return (
-        request.source_table,
-        request.source_job,
-        request.id_column,
-        request.weight_column,
-        request.item_columns,
-        request.settle_column,
-        request.settle_seconds,
-        filter_key,
-    )
+def _names_source(arguments: Mapping[str, Any]) -> bool:
+    return any(key in arguments for key in ("source_table", "source_job", "job_identifer"))
 
 
 def _lowest(*values: int | None) -> int | None:

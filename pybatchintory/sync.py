@@ -16,15 +16,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from contextlib import ExitStack
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from typing_extensions import Unpack
 
+from ._progress import ProgressBar
 from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+from ._trace import source_rows
 from .batch import Batch
 from .config import Settings
-from .exceptions import InvalidArgumentError, InventoryNotOpenError
+from .exceptions import InventoryNotOpenError
 from .inventory import Inventory, load_settings
+from .job import Filter, Job, JobArguments, JobOptions, resolve_job
 
 __all__ = [
     "SyncBatch",
@@ -50,16 +54,55 @@ class SyncBatch:
     def __repr__(self) -> str:
         return repr(self._batch)
 
-    id = property(lambda self: self._batch.id, doc="The batch's id in the inventory.")
-    job_identifier = property(lambda self: self._batch.job_identifier, doc="Its job.")
-    range_start = property(lambda self: self._batch.range_start, doc="First id (inclusive).")
-    range_end = property(lambda self: self._batch.range_end, doc="Last id (inclusive).")
-    item_count = property(lambda self: self._batch.item_count, doc="Matching items in the range.")
-    weight = property(lambda self: self._batch.weight, doc="Total weight of its items.")
-    attempt = property(lambda self: self._batch.attempt, doc="1 for a first attempt, then 2, ...")
-    max_attempts = property(lambda self: self._batch.max_attempts, doc="Attempts allowed.")
-    status = property(lambda self: self._batch.status, doc="running, succeeded or failed.")
-    result = property(lambda self: self._batch.result, doc="The result given to success().")
+    @property
+    def id(self) -> int:
+        """The batch's id in the inventory."""
+        return self._batch.id
+
+    @property
+    def job_identifier(self) -> str:
+        """Its job's name."""
+        return self._batch.job_identifier
+
+    @property
+    def range_start(self) -> int:
+        """First id of the range (inclusive)."""
+        return self._batch.range_start
+
+    @property
+    def range_end(self) -> int:
+        """Last id of the range (inclusive)."""
+        return self._batch.range_end
+
+    @property
+    def item_count(self) -> int:
+        """Matching items in the range."""
+        return self._batch.item_count
+
+    @property
+    def weight(self) -> float:
+        """Total weight of its items."""
+        return self._batch.weight
+
+    @property
+    def attempt(self) -> int:
+        """1 for a first attempt, then 2, ..."""
+        return self._batch.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts allowed."""
+        return self._batch.max_attempts
+
+    @property
+    def status(self) -> str:
+        """running, succeeded or failed."""
+        return self._batch.status
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The result given to success()."""
+        return self._batch.result
 
     @property
     def lease_expires_at(self) -> datetime:
@@ -102,13 +145,15 @@ class SyncBatch:
         args: Iterable[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
     ) -> T:
-        """Run ``func(*args, **kwargs)`` in this thread under the lease: success on
-        return, failure recorded and re-raised on an exception. Returns its result."""
+        """Run ``func(batch.items, *args, **kwargs)`` in this thread under the lease:
+        success on return, failure recorded and re-raised on an exception. Returns its
+        result. ``batch.process(process_func)`` is the specification's "version 2"."""
         if inspect.iscoroutinefunction(func):
             result: T = _call(self._portal, self._batch.process, func, tuple(args), kwargs)
             return result
+        items = self.items
         with self:
-            return func(*args, **(kwargs or {}))  # type: ignore[return-value]
+            return func(items, *args, **(kwargs or {}))  # type: ignore[return-value]
 
     def __enter__(self) -> SyncBatch:
         _call(self._portal, self._batch.__aenter__)
@@ -191,27 +236,88 @@ class SyncInventory:
         """The portal into this inventory's event loop, to run other coroutines there."""
         return self._portal
 
-    def acquire_batch(self, *args: Any, **kwargs: Any) -> SyncBatch | None:
-        """Same arguments as :meth:`Inventory.acquire_batch`."""
-        batch = _call(self._portal, functools.partial(self._inventory.acquire_batch, *args, **kwargs))
+    @overload
+    def acquire_batch(
+        self, job: Job, /, *, load_items: bool = True, **options: Unpack[JobOptions]
+    ) -> SyncBatch | None: ...
+
+    @overload
+    def acquire_batch(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        *,
+        load_items: bool = True,
+        **arguments: Unpack[JobArguments],
+    ) -> SyncBatch | None: ...
+
+    def acquire_batch(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        *,
+        load_items: bool = True,
+        **arguments: Any,
+    ) -> SyncBatch | None:
+        """Same as :meth:`Inventory.acquire_batch`: the job's next batch, or None."""
+        acquire = functools.partial(
+            self._inventory.acquire_batch,
+            source_table,
+            job_identifier,
+            load_items=load_items,
+            **arguments,
+        )
+        batch = _call(self._portal, acquire)
         return None if batch is None else SyncBatch(batch, self._portal)
 
-    def acquire_batches(self, *args: Any, progress: bool = False, **kwargs: Any) -> Iterator[SyncBatch]:
-        """Same arguments as :meth:`Inventory.acquire_batches`; acquires lazily.
+    @overload
+    def acquire_batches(
+        self,
+        job: Job,
+        /,
+        *,
+        batch_count: int | None = None,
+        load_items: bool = True,
+        progress: bool = False,
+        **options: Unpack[JobOptions],
+    ) -> Iterator[SyncBatch]: ...
+
+    @overload
+    def acquire_batches(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        *,
+        batch_count: int | None = None,
+        load_items: bool = True,
+        progress: bool = False,
+        **arguments: Unpack[JobArguments],
+    ) -> Iterator[SyncBatch]: ...
+
+    def acquire_batches(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        *,
+        batch_count: int | None = None,
+        load_items: bool = True,
+        progress: bool = False,
+        **arguments: Any,
+    ) -> Iterator[SyncBatch]:
+        """Same as :meth:`Inventory.acquire_batches`; acquires lazily.
 
         Arguments are checked now, so bad input raises here, not at the first ``next``.
         ``progress=True`` draws a bar on stderr, sized by the job's backlog (see
         :meth:`Inventory.backlog`), advanced as each batch is handed back.
         """
-        batches = self._inventory.acquire_batches(*args, **kwargs)
+        job = resolve_job(source_table, job_identifier, arguments)
+        batches = self._inventory.acquire_batches(
+            job, batch_count=batch_count, load_items=load_items
+        )
         bar = None
         if progress:
-            from ._progress import ProgressBar
-
-            sizing = {key: value for key, value in kwargs.items() if key in _BACKLOG_ARGUMENTS}
-            backlog = _call(self._portal, functools.partial(self._inventory.backlog, *args, **sizing))
-            job = kwargs.get("job_identifier") or kwargs.get("job_identifer") or args[1]
-            bar = ProgressBar(str(job), backlog)
+            backlog = self.backlog(job)
+            bar = ProgressBar(job.job_identifier, backlog)
         return self._drain(batches, bar)
 
     def _drain(self, batches: Any, bar: Any = None) -> Iterator[SyncBatch]:
@@ -230,35 +336,56 @@ class SyncInventory:
         result: T = _call(self._portal, functools.partial(method, *args, **kwargs))
         return result
 
-    def iter_source_items(self, batch: SyncBatch, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def iter_source_items(
+        self,
+        batch: SyncBatch,
+        *,
+        filter: Filter = None,
+        trust_stored_filter: bool = False,
+        item_columns: Iterable[str] | None = None,
+        chunk_size: int = 1000,
+    ) -> Iterator[dict[str, Any]]:
         """Same as :meth:`Inventory.iter_source_items`: the metadata rows behind a
         downstream batch, streamed ``chunk_size`` rows per round trip."""
-        from ._trace import source_rows
-
         chunks = source_rows(
-            self._inventory,
+            self._inventory.storage,
             batch.job_identifier,
             [(batch.range_start, batch.range_end)],
-            filter=kwargs.pop("filter", None),
-            trust_stored_filter=kwargs.pop("trust_stored_filter", False),
-            item_columns=kwargs.pop("item_columns", None),
-            chunk_size=kwargs.pop("chunk_size", 1000),
+            filter=filter,
+            trust_stored_filter=trust_stored_filter,
+            item_columns=item_columns,
+            chunk_size=chunk_size,
         )
-        if kwargs:
-            raise InvalidArgumentError(f"unexpected argument(s): {', '.join(sorted(kwargs))}")
         try:
             while (chunk := _call(self._portal, _next_or_done, chunks)) is not _DONE:
                 yield from chunk
         finally:
             _call(self._portal, _close, chunks)
 
-    def retry(self, job_identifier: str, batch_id: int | None = None) -> list[int]:
+    def retry(self, job: Job | str, batch_id: int | None = None) -> list[int]:
         """Same as :meth:`Inventory.retry`."""
-        return self.call(self._inventory.retry, job_identifier, batch_id)
+        return self.call(self._inventory.retry, job, batch_id)
 
-    def status(self, job_identifier: str, **kwargs: Any) -> JobStatus:
+    def status(
+        self,
+        job: Job | str,
+        *,
+        filter: Filter = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        weight_column: str | None = None,
+        trust_stored_filter: bool = False,
+    ) -> JobStatus:
         """Same as :meth:`Inventory.status`."""
-        return self.call(self._inventory.status, job_identifier, **kwargs)
+        return self.call(
+            self._inventory.status,
+            job,
+            filter=filter,
+            id_start=id_start,
+            id_end=id_end,
+            weight_column=weight_column,
+            trust_stored_filter=trust_stored_filter,
+        )
 
     def jobs(self) -> list[JobSummary]:
         """Same as :meth:`Inventory.jobs`."""
@@ -268,15 +395,36 @@ class SyncInventory:
         """Same as :meth:`Inventory.trace`."""
         return self.call(self._inventory.trace, source_table, item_id)
 
-    def reset(
-        self, job_identifier: str, to_id: int | None = None, *, force: bool = False
-    ) -> ResetResult:
+    def reset(self, job: Job | str, to_id: int | None = None, *, force: bool = False) -> ResetResult:
         """Same as :meth:`Inventory.reset`."""
-        return self.call(self._inventory.reset, job_identifier, to_id, force=force)
+        return self.call(self._inventory.reset, job, to_id, force=force)
 
-    def backlog(self, *args: Any, **kwargs: Any) -> Backlog:
+    @overload
+    def backlog(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Backlog: ...
+
+    @overload
+    def backlog(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Unpack[JobArguments],
+    ) -> Backlog: ...
+
+    def backlog(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Any,
+    ) -> Backlog:
         """Same as :meth:`Inventory.backlog`."""
-        return self.call(self._inventory.backlog, *args, **kwargs)
+        backlog = functools.partial(
+            self._inventory.backlog,
+            source_table,
+            job_identifier,
+            **arguments,
+        )
+        result: Backlog = _call(self._portal, backlog)
+        return result
 
     def close(self) -> None:
         """Dispose of the engines and stop the event-loop thread."""
@@ -301,9 +449,6 @@ class SyncInventory:
 
 
 # -- the process-wide default behind acquire_batch / acquire_batches -----------------
-
-# What sizes a run for its progress bar, out of acquire_batches' arguments.
-_BACKLOG_ARGUMENTS = frozenset(inspect.signature(Inventory.backlog).parameters) - {"self"}
 
 _default: SyncInventory | None = None
 _default_settings: dict[str, Any] = {}
@@ -347,15 +492,82 @@ def _close_default() -> None:
         previous.close()
 
 
-def acquire_batch(*args: Any, **kwargs: Any) -> SyncBatch | None:
-    """Take the next batch of a job with the process-wide settings.
+@overload
+def acquire_batch(
+    job: Job, /, *, load_items: bool = True, **options: Unpack[JobOptions]
+) -> SyncBatch | None: ...
 
-    Same arguments as :meth:`Inventory.acquire_batch`, e.g.
-    ``acquire_batch(source_table="meta", job_identifer="incremental_job", weight=10)``.
+
+@overload
+def acquire_batch(
+    source_table: str | None = None,
+    job_identifier: str | None = None,
+    *,
+    load_items: bool = True,
+    **arguments: Unpack[JobArguments],
+) -> SyncBatch | None: ...
+
+
+def acquire_batch(
+    source_table: Job | str | None = None,
+    job_identifier: str | None = None,
+    *,
+    load_items: bool = True,
+    **arguments: Any,
+) -> SyncBatch | None:
+    """Take the next batch of a job with the process-wide settings, or None.
+
+    Same arguments as :meth:`Inventory.acquire_batch`: ``acquire_batch(job)``, or the
+    specification's ``acquire_batch(source_table="meta", job_identifer="incremental_job",
+    weight=10)``.
     """
-    return default_inventory().acquire_batch(*args, **kwargs)
+    return default_inventory().acquire_batch(
+        source_table,  # type: ignore[arg-type]
+        job_identifier,
+        load_items=load_items,
+        **arguments,
+    )
 
 
-def acquire_batches(*args: Any, **kwargs: Any) -> Iterator[SyncBatch]:
+@overload
+def acquire_batches(
+    job: Job,
+    /,
+    *,
+    batch_count: int | None = None,
+    load_items: bool = True,
+    progress: bool = False,
+    **options: Unpack[JobOptions],
+) -> Iterator[SyncBatch]: ...
+
+
+@overload
+def acquire_batches(
+    source_table: str | None = None,
+    job_identifier: str | None = None,
+    *,
+    batch_count: int | None = None,
+    load_items: bool = True,
+    progress: bool = False,
+    **arguments: Unpack[JobArguments],
+) -> Iterator[SyncBatch]: ...
+
+
+def acquire_batches(
+    source_table: Job | str | None = None,
+    job_identifier: str | None = None,
+    *,
+    batch_count: int | None = None,
+    load_items: bool = True,
+    progress: bool = False,
+    **arguments: Any,
+) -> Iterator[SyncBatch]:
     """Take up to ``batch_count`` batches of a job, lazily, with the process-wide settings."""
-    return default_inventory().acquire_batches(*args, **kwargs)
+    return default_inventory().acquire_batches(
+        source_table,  # type: ignore[arg-type]
+        job_identifier,
+        batch_count=batch_count,
+        load_items=load_items,
+        progress=progress,
+        **arguments,
+    )

@@ -214,7 +214,7 @@ async def test_process_runs_a_sync_function_off_the_event_loop_and_returns_its_v
 
     async with db.inventory() as inv:
         batch = await _take(inv, table)
-        value = await batch.process(work, (batch.items, 10), {"offset": 1})
+        value = await batch.process(work, (10,), {"offset": 1})
         assert value == 31
         assert batch.status == "succeeded"
     assert seen["thread"] != loop_thread
@@ -231,7 +231,7 @@ async def test_process_awaits_an_async_function(db: Db) -> None:
 
     async with db.inventory() as inv:
         batch = await _take(inv, table)
-        value = await batch.process(work, [batch.items], {"suffix": "!"})
+        value = await batch.process(work, kwargs={"suffix": "!"})
         assert value == ["s3://bucket/meta/0!", "s3://bucket/meta/1!"]
     assert (await _batch_row(db, batch.id)).status == "succeeded"
 
@@ -241,18 +241,19 @@ async def test_process_records_a_sync_functions_failure_and_reraises(db: Db) -> 
     async with db.inventory() as inv:
         batch = await _take(inv, table)
         with pytest.raises(ValueError, match="bad parquet"):
-            await batch.process(_explode, ("bad parquet",))
+            await batch.process(lambda items, message: _explode(message), ("bad parquet",))
         assert batch.status == "failed"
     (log,) = await _log_rows(db, batch.id)
     assert log.status == "failed"
     assert "ValueError: bad parquet" in log.logging and "_explode" in log.logging
+    assert batch.items, "process passed the batch's items first"
     assert (await _batch_row(db, batch.id)).status == "failed"
 
 
 async def test_process_records_an_async_functions_failure_and_reraises(db: Db) -> None:
     table = await db.create_meta(weights=[1])
 
-    async def broken() -> None:
+    async def broken(items: list[dict[str, Any]]) -> None:
         raise RuntimeError("spark job lost its executors")
 
     async with db.inventory() as inv:

@@ -60,16 +60,41 @@ async def test_backlog_respects_the_window_and_counts_a_new_job_from_the_start(d
         assert windowed.backlog is not None and (windowed.backlog.items, windowed.backlog.weight) == (2, 7)
         fresh = await inv.backlog(source_table=table, job_identifier="new", id_start=2)
         assert (fresh.items, fresh.weight) == (5, 20)
-        no_weight = await inv.status("j", weight_column=None)
+        counted = await inv.acquire_batch(
+            source_table=table, job_identifier="counted", weight_column=None, max_items=2
+        )
+        assert counted is not None and counted.weight == 2  # every item weighs 1
+        await counted.success()
+        no_weight = await inv.status("counted")
         assert no_weight.backlog is not None and (no_weight.backlog.items, no_weight.backlog.weight) == (4, None)
 
 
-async def test_backlog_of_a_filtered_job_needs_its_filter_or_explicit_trust(db: Db) -> None:
+async def test_backlog_of_a_mapping_filtered_job_comes_from_its_stored_definition(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 4, category="a")
     await db.add_items("meta", [5] * 3, category="b")
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(
             source_table=table, job_identifier="b", filter={"category": "b"}, max_items=1
+        )
+        assert batch is not None and batch.range_start == 5
+        await batch.success()
+        by_name = await inv.status("b")
+        assert by_name.backlog is not None and (by_name.backlog.items, by_name.backlog.weight) == (2, 10)
+        assert by_name.definition is not None and by_name.definition["filter"] == {"category": "b"}
+        assert await inv.backlog("b") == by_name.backlog
+
+
+async def test_backlog_of_an_expression_filtered_job_needs_its_filter_or_explicit_trust(
+    db: Db,
+) -> None:
+    table = await db.create_meta(weights=[1] * 4, category="a")
+    await db.add_items("meta", [5] * 3, category="b")
+    async with db.inventory() as inv:
+        batch = await inv.acquire_batch(
+            source_table=table,
+            job_identifier="b",
+            filter=lambda t: t.c.category == "b",
+            max_items=1,
         )
         assert batch is not None and batch.range_start == 5
         await batch.success()

@@ -97,7 +97,7 @@ async def test_inline_filters_do_not_grow_the_source_cache_without_bound(db: Db)
             )
             assert batch is not None
             await batch.success()
-        assert len(inv._sources) <= 64
+        assert len(inv.storage._sources) <= 64
 
 
 async def test_a_closed_inventory_refuses_clearly_and_its_batches_cannot_reopen_it(db: Db) -> None:

@@ -124,8 +124,8 @@ async def test_the_specifications_calls_run_verbatim(db: Db, spec_url: str) -> N
             raise
 
         batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10)
-        func, args, kwargs = process_func, (batch.items,), {}
-        assert batch.process(func, args, kwargs) is None
+        # "version 2": process_func(batch.items), success or error recorded
+        assert batch.process(process_func) is None
 
     _run(body)  # in a thread of its own, as a plain script would: no event loop around
 
@@ -231,13 +231,13 @@ async def test_sync_process_runs_sync_and_async_functions(db: Db, sync_inventory
     def body() -> None:
         threads.append(threading.get_ident())
         first = sync_inventory.acquire_batch(source_table=table, job_identifier="j", max_items=2)
-        assert first is not None and first.process(total, [first.items, 10], {"plus": 3}) == 23
+        assert first is not None and first.process(total, [10], {"plus": 3}) == 23
         second = sync_inventory.acquire_batch(source_table=table, job_identifier="j", max_items=2)
-        assert second is not None and second.process(count, (second.items,)) == 2
+        assert second is not None and second.process(count) == 2
         third = sync_inventory.acquire_batch(source_table=table, job_identifier="j", max_items=2)
         assert third is not None
         with pytest.raises(OSError, match="disk full"):
-            third.process(failing, (third.items,))
+            third.process(failing)
 
     _run(body)
     assert threads[0] == threads[1], "a sync func runs in the caller's thread"
