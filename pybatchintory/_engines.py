@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,10 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 # 10 made acquisitions fail. Bound the loop by time instead, like a lock timeout.
 _RETRY_SECONDS = 30.0
 _MAX_BACKOFF_SECONDS = 0.5
+# Every engine made here, to detach their pools in a forked child
+_ENGINES: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
+# A forked child's inherited pools, never to be collected (see _forget_connections_after_fork)
+_INHERITED_POOLS: list[sa.Pool] = []
 # PostgreSQL engines created in autocommit mode (the metadata engine)
 _AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
@@ -86,7 +91,23 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
         _configure_sqlite(engine, settings, writer=writer)
     elif not writer:
         _AUTOCOMMIT_ENGINES.add(engine.sync_engine)
+    _ENGINES.add(engine)
     return engine
+
+
+def _forget_connections_after_fork() -> None:
+    """A forked child shares its parent's sockets: it must never use, nor close, the
+    parent's pooled connections (closing sends Terminate and breaks them for the
+    parent). Each pool is replaced by an empty one, and the parent's pool is kept
+    referenced for the child's life: were its connections garbage-collected here, the
+    driver would abort their transports, unregistering the sockets from the epoll
+    instance that parent and child share."""
+    for engine in list(_ENGINES):
+        _INHERITED_POOLS.append(engine.sync_engine.pool)
+        engine.sync_engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) -> None:

@@ -107,6 +107,14 @@ class Inventory:
         """Create the engines and, if absent, the backend tables."""
         if self._storage is not None:
             return self
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                "pybatchintory runs on asyncio only (asyncpg and aiosqlite are asyncio "
+                "drivers): open the Inventory under asyncio (anyio with the asyncio "
+                "backend), or use SyncInventory from plain or other-async code"
+            ) from None
         inventory_engine = create_engine(self.settings.inventory_dsn, self.settings, writer=True)
         meta_engine = create_engine(self.settings.meta_dsn, self.settings, writer=False)
         backend = Backend(inventory_engine, self._tables)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import BlockingPortal
 from typing_extensions import Unpack
 
+from ._loop import EventLoopThread
 from ._progress import ProgressBar
 from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 from ._trace import source_rows
@@ -47,9 +48,9 @@ class SyncBatch:
     """A :class:`~pybatchintory.Batch` for sync code. ``with batch:`` renews the lease
     in the background, then records success, or the failure and re-raises."""
 
-    def __init__(self, batch: Batch, portal: BlockingPortal) -> None:
+    def __init__(self, batch: Batch, loop: EventLoopThread) -> None:
         self._batch = batch
-        self._portal = portal
+        self._loop = loop
 
     def __repr__(self) -> str:
         return repr(self._batch)
@@ -118,26 +119,26 @@ class SyncBatch:
         """Stream the rows of the range, ``chunk_size`` rows per round trip."""
         chunks = self._batch.iter_item_chunks(chunk_size)
         try:
-            while (chunk := _call(self._portal, _next_or_done, chunks)) is not _DONE:
+            while (chunk := self._loop.call(_next_or_done, chunks)) is not _DONE:
                 yield from chunk
         finally:
-            _call(self._portal, _close, chunks)
+            self._loop.call(_close, chunks)
 
     def success(self, result: Mapping[str, Any] | None = None) -> None:
         """Record success, with an optional JSON-able result."""
-        _call(self._portal, self._batch.success, result)
+        self._loop.call(self._batch.success, result)
 
     def error(self, exc_or_text: BaseException | str) -> None:
         """Record the failure; the message and traceback go into the log row."""
-        _call(self._portal, self._batch.error, exc_or_text)
+        self._loop.call(self._batch.error, exc_or_text)
 
     def release(self, reason: str = "released by its worker unprocessed") -> None:
         """Hand the batch back unprocessed, without using up an attempt."""
-        _call(self._portal, self._batch.release, reason)
+        self._loop.call(self._batch.release, reason)
 
     def heartbeat(self) -> None:
         """Renew the lease now."""
-        _call(self._portal, self._batch.heartbeat)
+        self._loop.call(self._batch.heartbeat)
 
     def process(
         self,
@@ -149,14 +150,14 @@ class SyncBatch:
         success on return, failure recorded and re-raised on an exception. Returns its
         result. ``batch.process(process_func)`` is the specification's "version 2"."""
         if inspect.iscoroutinefunction(func):
-            result: T = _call(self._portal, self._batch.process, func, tuple(args), kwargs)
+            result: T = self._loop.call(self._batch.process, func, tuple(args), kwargs)
             return result
         items = self.items
         with self:
             return func(items, *args, **(kwargs or {}))  # type: ignore[return-value]
 
     def __enter__(self) -> SyncBatch:
-        _call(self._portal, self._batch.__aenter__)
+        self._loop.call(self._batch.__aenter__)
         return self
 
     def __exit__(
@@ -165,21 +166,7 @@ class SyncBatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _call(self._portal, self._batch.__aexit__, exc_type, exc, tb)
-
-
-def _call(portal: BlockingPortal, func: Callable[..., Any], *args: Any) -> Any:
-    """Run ``func(*args)`` in the inventory's event loop and wait for its result."""
-    try:
-        return portal.call(func, *args)
-    except RuntimeError as exc:
-        if str(exc) != "This portal is not running":
-            raise
-        raise InventoryNotOpenError(
-            "the SyncInventory was closed (or configure() replaced the default one): "
-            "its batches can no longer be finished; their leases run out and they are "
-            "handed out again"
-        ) from None
+        self._loop.call(self._batch.__aexit__, exc_type, exc, tb)
 
 
 async def _next_or_done(iterator: AsyncIterator[Any]) -> Any:
@@ -213,14 +200,12 @@ class SyncInventory:
         self._inventory = Inventory(
             inventory_url, meta_url, settings=settings, worker=worker, **setting_overrides
         )
-        self._stack = ExitStack()
-        self._portal = self._stack.enter_context(
-            start_blocking_portal(name="pybatchintory-event-loop")
-        )
+        self._loop: EventLoopThread | None = EventLoopThread()
+        self._loop.on_exit(self._inventory.close)
         try:
-            _call(self._portal, self._inventory.open)
+            self._loop.call(self._inventory.open)
         except BaseException:
-            self._stack.close()
+            self._loop.stop()
             raise
 
     def __repr__(self) -> str:
@@ -232,9 +217,15 @@ class SyncInventory:
         return self._inventory
 
     @property
+    def _loop_or_closed(self) -> EventLoopThread:
+        if self._loop is None:
+            raise InventoryNotOpenError("the SyncInventory was closed; make a new one")
+        return self._loop
+
+    @property
     def portal(self) -> BlockingPortal:
         """The portal into this inventory's event loop, to run other coroutines there."""
-        return self._portal
+        return self._loop_or_closed.portal
 
     @overload
     def acquire_batch(
@@ -267,8 +258,8 @@ class SyncInventory:
             load_items=load_items,
             **arguments,
         )
-        batch = _call(self._portal, acquire)
-        return None if batch is None else SyncBatch(batch, self._portal)
+        batch = self._loop_or_closed.call(acquire)
+        return None if batch is None else SyncBatch(batch, self._loop_or_closed)
 
     @overload
     def acquire_batches(
@@ -322,18 +313,18 @@ class SyncInventory:
 
     def _drain(self, batches: Any, bar: Any = None) -> Iterator[SyncBatch]:
         try:
-            while (batch := _call(self._portal, _next_or_done, batches)) is not _DONE:
-                yield SyncBatch(batch, self._portal)
+            while (batch := self._loop_or_closed.call(_next_or_done, batches)) is not _DONE:
+                yield SyncBatch(batch, self._loop_or_closed)
                 if bar is not None:
                     bar.advance(batch.weight, batch.item_count)
         finally:
             if bar is not None:
                 bar.close()
-            _call(self._portal, _close, batches)
+            self._loop_or_closed.call(_close, batches)
 
     def call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run any coroutine function in this inventory's event loop and wait for it."""
-        result: T = _call(self._portal, functools.partial(method, *args, **kwargs))
+        result: T = self._loop_or_closed.call(functools.partial(method, *args, **kwargs))
         return result
 
     def iter_source_items(
@@ -357,10 +348,10 @@ class SyncInventory:
             chunk_size=chunk_size,
         )
         try:
-            while (chunk := _call(self._portal, _next_or_done, chunks)) is not _DONE:
+            while (chunk := self._loop_or_closed.call(_next_or_done, chunks)) is not _DONE:
                 yield from chunk
         finally:
-            _call(self._portal, _close, chunks)
+            self._loop_or_closed.call(_close, chunks)
 
     def retry(self, job: Job | str, batch_id: int | None = None) -> list[int]:
         """Same as :meth:`Inventory.retry`."""
@@ -423,18 +414,18 @@ class SyncInventory:
             job_identifier,
             **arguments,
         )
-        result: Backlog = _call(self._portal, backlog)
+        result: Backlog = self._loop_or_closed.call(backlog)
         return result
 
     def close(self) -> None:
         """Dispose of the engines and stop the event-loop thread."""
-        if self._stack is None:
+        loop, self._loop = self._loop, None
+        if loop is None or loop.forked:
             return
-        stack, self._stack = self._stack, None  # type: ignore[assignment]
         try:
-            _call(self._portal, self._inventory.close)
+            loop.call(self._inventory.close)
         finally:
-            stack.close()
+            loop.stop()
 
     def __enter__(self) -> SyncInventory:
         return self
@@ -481,6 +472,17 @@ def default_inventory() -> SyncInventory:
         if _default is None:
             _default = SyncInventory(**_default_settings)
         return _default
+
+
+def _forget_default_after_fork() -> None:
+    """A forked child starts without the parent's default inventory (its event loop did
+    not follow): the first call in the child makes its own, with the same settings."""
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_forget_default_after_fork)
 
 
 @atexit.register
