@@ -204,6 +204,35 @@ def test_readme_has_a_sync_and_an_async_quickstart_that_run() -> None:
     assert any("asyncio.run(" in b.code for b in readme)
 
 
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
+    return {_slug(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", text, flags=re.MULTILINE)}
+
+
+def test_relative_links_point_at_files_and_headings_that_exist() -> None:
+    broken = []
+    for path in doc_files():
+        for target in _LINK.findall(path.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not checked here
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                broken.append(f"{path.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{path.name}: {target} (no such heading)")
+    assert broken == []
+
+
 def test_readme_keeps_the_commands_that_ci_and_newcomers_run() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert TEST_COMMAND in readme  # .ci/run runs exactly this
