@@ -2,7 +2,7 @@
 
 Range planning pages through ``(id, weight)`` in ascending id order with ``LIMIT`` and
 stops at the budget, so an acquisition reads the index range it hands out and no more,
-whatever the size of the table (DESIGN.md invariant 6).
+whatever the size of the table (docs/design.md, invariant 6).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class RangeAccumulator:
     """Admit rows in id order while they fit the budget (pure, no I/O).
 
     The first row is always admitted, however heavy: a soft limit, so that a job can
-    never get stuck behind an item heavier than its budget (DESIGN.md invariant 5).
+    never get stuck behind an item heavier than its budget (docs/design.md, invariant 5).
     """
 
     budget: float | None

@@ -191,7 +191,7 @@ async def run_workers(
 
 
 async def check_job_invariants(db: Any, job: str, matching_ids: Sequence[int]) -> dict[str, int]:
-    """Assert DESIGN.md invariants 1 to 3 for ``job`` once its workers are done.
+    """Assert docs/design.md invariants 1 to 3 for ``job`` once its workers are done.
 
     Ranges pairwise disjoint; every matching id in exactly one batch; nothing left
     running; one log row per attempt, every attempt but the last failed, the last one

@@ -1,5 +1,5 @@
 """Leases and fencing: an expired batch is handed out again, and its stale worker can
-record nothing over the new owner (issue 3, test 4; DESIGN.md invariants 2 to 4)."""
+record nothing over the new owner (issue 3, test 4; docs/design.md, invariants 2 to 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The settle lag: the way out of the auto-increment visibility hazard (DESIGN.md)."""
+"""The settle lag: the way out of the auto-increment visibility hazard (docs/design.md, "Known hazard")."""
 
 from __future__ import annotations
 
