@@ -34,9 +34,6 @@ Blocks are named ``<file>-<n>``, n counting the runnable blocks of that file fro
     python3 tests/acceptance/test_docs.py --list              # names, files and lines
     python3 tests/acceptance/test_docs.py README.md-2         # run it, show its output
     python3 -m pytest "tests/acceptance/test_docs.py::test_runnable_block[docs/reference.md-1]"
-
-Until ``pybatchintory.Job`` exists, blocks that use it (or ``batch.process``, whose
-new form arrives with it) are skipped with that reason; once it exists they run.
 """
 
 from __future__ import annotations
@@ -59,8 +56,6 @@ QUICKSTART_COMMAND = "python3 -m pip install -e . && python3 examples/quickstart
 
 _FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")
 _PLACEHOLDER = re.compile(r"<your[ _-][^>]*>", re.IGNORECASE)
-# What needs the Job API (and the new batch.process(func) calling func(batch.items)).
-_NEEDS_JOB_API = re.compile(r"\bJob\(|\bimport\b[^\n]*\bJob\b|\.process\(")
 
 
 @dataclass(frozen=True)
@@ -146,12 +141,6 @@ def placeholder_problems(code: str) -> list[str]:
     return problems
 
 
-def job_api_missing() -> bool:
-    import pybatchintory
-
-    return not hasattr(pybatchintory, "Job")
-
-
 def run_block(block: Block, directory: Path) -> subprocess.CompletedProcess[str]:
     """Run the block as a script in ``directory``, on the default embedded SQLite."""
     script = directory / "doc_block.py"
@@ -185,8 +174,6 @@ BLOCKS = runnable_blocks()
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.name for b in BLOCKS])
 def test_runnable_block(block: Block, tmp_path: Path) -> None:
     assert placeholder_problems(block.code) == [], f"{block.name} cannot run as written"
-    if _NEEDS_JOB_API.search(block.code) and job_api_missing():
-        pytest.skip("uses the Job API (pybatchintory.Job, batch.process(func)), not merged yet")
     done = run_block(block, tmp_path)
     assert done.returncode == 0, failure_report(block, done)
     for sign in ("Traceback (most recent call last)", "Exception ignored"):
