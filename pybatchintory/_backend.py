@@ -17,7 +17,12 @@ from ._engines import backend_errors, read_connection, retry_transient, write_tr
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, current_generation, lease_params
 from ._tables import BackendTables
-from .exceptions import BatchLostError, InventoryNotOpenError, JobSourceMismatchError
+from .exceptions import (
+    BatchLostError,
+    InvalidArgumentError,
+    InventoryNotOpenError,
+    JobSourceMismatchError,
+)
 
 __all__ = ["Backend", "BatchRecord", "JobState"]
 
@@ -311,8 +316,12 @@ class Backend:
         return write_transaction(self.engine)
 
     async def requeue(self, job_identifier: str, batch_id: int | None) -> list[int]:
-        """Give failed batches that used up their attempts one more; return their ids."""
-        b = self.tables.batches
+        """Give failed batches that used up their attempts one more; return their ids.
+
+        Raises InvalidArgumentError for an unknown job, for a ``batch_id`` that is not
+        the job's, and for one that is not out of attempts (saying what it is instead).
+        """
+        b, jobs = self.tables.batches, self.tables.jobs
         exhausted = sa.and_(
             b.c.job_identifier == job_identifier,
             # Only the current generation: batches superseded by a reset are history.
@@ -325,13 +334,53 @@ class Backend:
 
         async def requeue_all() -> list[int]:
             async with write_transaction(self.engine) as conn:
+                known = await conn.scalar(
+                    sa.select(jobs.c.generation).where(jobs.c.job_identifier == job_identifier)
+                )
+                if known is None:
+                    raise InvalidArgumentError(
+                        f"no job {job_identifier!r} in the inventory; 'pybatchintory jobs' "
+                        "lists the known jobs"
+                    )
                 result = await conn.execute(
                     sa.update(b).where(exhausted).values(max_attempts=b.c.attempt + 1).returning(b.c.id)
                 )
-                return sorted(int(i) for i in result.scalars())
+                ids = sorted(int(i) for i in result.scalars())
+                if batch_id is not None and not ids:
+                    await self._explain_not_requeued(conn, job_identifier, batch_id, known)
+                return ids
 
         async with backend_errors(f"re-queueing failed batches of job {job_identifier!r}", self.engine):
             return await retry_transient(requeue_all)
+
+    async def _explain_not_requeued(
+        self, conn: AsyncConnection, job_identifier: str, batch_id: int, generation: int
+    ) -> None:
+        b = self.tables.batches
+        row = (
+            await conn.execute(
+                sa.select(b.c.job_identifier, b.c.generation, b.c.status, b.c.attempt, b.c.max_attempts)
+                .where(b.c.id == batch_id)
+            )
+        ).first()
+        if row is None or row.job_identifier != job_identifier:
+            raise InvalidArgumentError(
+                f"job {job_identifier!r} has no batch {batch_id}; 'pybatchintory status "
+                f"{job_identifier}' and 'pybatchintory trace' show its batches"
+            )
+        if row.generation != generation:
+            why = "it belongs to an earlier generation (a reset superseded it)"
+        elif row.status != "failed":
+            why = f"it is {row.status}"
+        else:
+            why = (
+                f"it still has attempts left (attempt {row.attempt} of {row.max_attempts}): "
+                "the next acquisition hands it out again by itself"
+            )
+        raise InvalidArgumentError(
+            f"batch {batch_id} of job {job_identifier!r} was not re-queued: {why}; retry is "
+            "for failed batches that used up their attempts"
+        )
 
 
 def _lost(batch_id: int, attempt: int) -> BatchLostError:

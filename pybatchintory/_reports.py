@@ -68,6 +68,9 @@ class JobStatus(_AsDict):
     backlog_note: str | None
     definition: dict[str, Any] | None = None
     """The job's stored definition (source, columns, filter, budget, window, ...)."""
+    idle_reason: str | None = None
+    """Why the next acquisition would hand out nothing new, if it would: the window is
+    done, the upstream frontier holds it back, or nothing new (retries aside)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,13 @@ class TraceEntry(_AsDict):
 
     ``depth`` 0 is a job reading the metadata table; depth 1 a job consuming that job's
     batches (``via_batch_id`` is the upstream batch that carried the item), and so on.
+
+    A batch's range covering the id does not make the item part of it when the job has
+    a filter. ``verified`` is True when the item was checked against the job's own
+    filter (a mapping, stored as data) on the metadata table, or the job has none;
+    False when only the SQL text of an expression filter is known, or the metadata
+    database could not be read (``note`` says which). Jobs whose filter excludes the
+    item are not listed.
     """
 
     job_identifier: str
@@ -121,6 +131,8 @@ class TraceEntry(_AsDict):
     worker: str | None
     result: Any
     attempts: tuple[AttemptLog, ...]
+    verified: bool = True
+    note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Union
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import CompileError, NoSuchTableError
@@ -29,23 +29,16 @@ from .exceptions import (
     UnknownColumnError,
     UnknownTableError,
 )
+from .job import Filter
 
 __all__ = [
     "BatchPlan",
-    "Filter",
     "RangeAccumulator",
     "Source",
     "SourceBinding",
+    "check_table",
     "job_source",
     "reflect_table_source",
-]
-
-Filter = Union[
-    Mapping[str, Any],
-    sa.ColumnElement[bool],
-    sa.TextClause,
-    Callable[[sa.Table], Union[sa.ColumnElement[bool], sa.TextClause]],
-    None,
 ]
 
 # Marks a filter text whose bound values could not be rendered: not runnable SQL.
@@ -235,6 +228,12 @@ class Source:
             self.page_hint = max(_FIRST_PAGE, min(_MAX_PAGE, planned.item_count + 1))
         return planned
 
+    async def contains(self, item_id: int) -> bool:
+        """Whether ``item_id`` is a matching row (filter included): one index lookup."""
+        query = sa.select(sa.literal(1)).select_from(self.table).where(self.id_col == item_id, self.where)
+        async with read_connection(self.engine) as conn:
+            return (await conn.scalar(query)) is not None
+
     async def load(self, range_start: int, range_end: int) -> list[dict[str, Any]]:
         """All rows of the range, as dicts."""
         async with read_connection(self.engine) as conn:
@@ -278,6 +277,13 @@ async def _reflect(conn: AsyncConnection, schema: str | None, name: str) -> sa.T
             f"source table {'.'.join(filter(None, (schema, name)))!r} does not exist on the "
             "metadata database; give it as 'table' or 'schema.table'"
         ) from None
+
+
+async def check_table(engine: AsyncEngine, source_table: str) -> None:
+    """Raise UnknownTableError unless ``source_table`` exists on ``engine``'s database."""
+    schema, name = _split_name(source_table)
+    async with read_connection(engine) as conn:
+        await _reflect(conn, schema, name)
 
 
 def _column(table: sa.Table, name: str, role: str, kinds: tuple[type, ...]) -> sa.Column[Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ._engines import backend_errors, read_connection
+from ._idle import frontier_reason, nothing_new_reason, window_reason
 from ._reports import Backlog, JobStatus, JobSummary
 from ._source import PARAMS_DIGEST, Source, job_source, reflect_table_source
 from ._statements import db_now, frontier
@@ -197,6 +198,11 @@ async def job_status(
         # The inventory's own counts stand; only the backlog needs the metadata table.
         note = f"the metadata database could not be read, so only the inventory's own counts are shown: {exc}"
     stored_definition = json.loads(row.definition) if row.definition else None
+    idle = window_reason(row.cursor, id_start, id_end)
+    if idle is None and row.source_kind == "job":
+        idle = await frontier_reason(store, row.source)
+    if idle is None and backlog is not None and backlog.items == 0:
+        idle = nothing_new_reason(row.cursor, id_end)
     return JobStatus(
         job_identifier=row.job_identifier,
         source_kind=row.source_kind,
@@ -223,6 +229,7 @@ async def job_status(
         backlog=backlog,
         backlog_note=note,
         definition=stored_definition,
+        idle_reason=idle,
     )
 
 

@@ -7,6 +7,7 @@ Features (acquisition, status, trace, reset) depend on this module, never on the
 
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
@@ -97,6 +98,7 @@ class Storage:
             self._sources.move_to_end(key)
             return cached[0]
         if job.source_job is not None:
+            await self._check_upstream(job.source_job)
             source = job_source(self.engine, self.tables, job.source_job)
         else:
             assert job.source_table is not None
@@ -117,6 +119,20 @@ class Storage:
             if len(self._sources) > _SOURCE_CACHE_SIZE:
                 self._sources.popitem(last=False)
         return source
+
+    async def _check_upstream(self, upstream: str) -> None:
+        """An unknown upstream would make a downstream that silently waits forever."""
+        jobs = self.tables.jobs
+        async with self.reading(f"looking up upstream job {upstream!r}") as conn:
+            names = list((await conn.execute(sa.select(jobs.c.job_identifier))).scalars())
+        if upstream not in names:
+            close = difflib.get_close_matches(upstream, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InvalidArgumentError(
+                f"no upstream job {upstream!r} in the inventory{hint}: a downstream job "
+                "consumes the batches of a job that has acquired at least once; "
+                "'pybatchintory jobs' lists the known jobs"
+            )
 
     def forget_sources(self) -> None:
         self._sources.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -10,10 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._engines import backend_errors, read_connection
 from ._reports import AttemptLog, TraceEntry
-from ._source import Filter
+from ._source import check_table
 from ._status import table_source
 from ._storage import Storage, job_row
-from .exceptions import InvalidArgumentError
+from .exceptions import InvalidArgumentError, PyBatchintoryError
+from .job import Filter
 
 _MAX_DEPTH = 16  # recursion chains longer than this are surely a cycle
 
@@ -47,31 +49,56 @@ async def trace_item(store: Storage, source_table: str, item_id: int) -> list[Tr
                     )
                 )
             ).all()
-            by_upstream: dict[str, list[Any]] = {}
-            for row in job_rows:
-                if row.source_kind == "job":
-                    by_upstream.setdefault(row.source, []).append(row)
-            direct = [
-                r
-                for r in job_rows
-                if r.source_kind == "table" and _same_table(r.source, source_table)
-            ]
-            entries: list[TraceEntry] = []
-            pending: list[tuple[Any, int, int | None]] = [(r, item_id, None) for r in direct]
+    by_upstream: dict[str, list[Any]] = {}
+    for row in job_rows:
+        if row.source_kind == "job":
+            by_upstream.setdefault(row.source, []).append(row)
+    direct = [r for r in job_rows if r.source_kind == "table" and _same_table(r.source, source_table)]
+    if not direct:
+        await _check_table_exists(store, source_table)
+    pending: list[tuple[Any, int, int | None, str | None]] = []
+    for row in direct:
+        verdict = await _item_in_job(store, row.job_identifier, item_id)
+        if verdict is not False:
+            pending.append((row, item_id, None, verdict if isinstance(verdict, str) else None))
+    entries: list[TraceEntry] = []
+    async with backend_errors(f"tracing item {item_id} of {source_table!r}", backend.engine):
+        async with read_connection(backend.engine) as conn:
             depth = 0
             while pending and depth < _MAX_DEPTH:
-                found: list[tuple[Any, int, int | None]] = []
-                for job_row, covered_id, via in pending:
+                found: list[tuple[Any, int, int | None, str | None]] = []
+                for job_row, covered_id, via, note in pending:
                     for entry in await _covering(conn, store, job_row, covered_id, via, depth):
+                        entry = dataclasses.replace(entry, verified=note is None, note=note)
                         entries.append(entry)
                         # Only a success hands the batch to downstream jobs.
                         if entry.status == "succeeded":
                             found.extend(
-                                (down, entry.batch_id, entry.batch_id)
+                                (down, entry.batch_id, entry.batch_id, note)
                                 for down in by_upstream.get(job_row.job_identifier, [])
                             )
                 pending, depth = found, depth + 1
     return entries
+
+
+async def _item_in_job(store: Storage, job: str, item_id: int) -> bool | str:
+    """Whether the item passes the job's filter: True, False, or why it cannot be told."""
+    stored = await store.stored_job(job)
+    if stored.filter_kind == "expression" or stored.job is None:
+        if not stored.row.filter_text:
+            return True
+        return "the job's filter is a SQL expression, stored as text only: not checked"
+    try:
+        source = await store.source(stored.job)
+        return await source.contains(item_id)
+    except PyBatchintoryError as exc:
+        return f"the job's filter could not be checked on the metadata table: {exc}"
+
+
+async def _check_table_exists(store: Storage, source_table: str) -> None:
+    """No job reads the table: an unknown table is a mistake to name, not an empty answer."""
+    async with backend_errors("reflecting the source table", store.meta_engine):
+        await check_table(store.meta_engine, source_table)
 
 
 async def _covering(

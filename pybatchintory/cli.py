@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output ------------------------------------------------------------------------------
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun if count == 1 else noun + ('es' if noun.endswith('ch') else 's')}"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -136,6 +140,8 @@ def _status_text(s: Any) -> str:
             pairs.insert(3, ("weight column", d["weight_column"]))
     if s.source_kind == "job":
         pairs.insert(3, ("upstream frontier", s.frontier_batch_id))
+    if s.idle_reason:
+        pairs.append(("idle", s.idle_reason))
     if s.superseded:
         pairs.append(("earlier generations", f"{s.superseded} batches"))
     return _pairs(pairs)
@@ -189,7 +195,10 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
             return [e.as_dict() for e in entries], _trace_text(entries)
         if args.command == "retry":
             ids = await inventory.retry(args.job, args.batch)
-            text = f"re-queued {len(ids)} batch(es)" + (f": {', '.join(map(str, ids))}" if ids else "")
+            if ids:
+                text = f"re-queued {_plural(len(ids), 'batch')}: {', '.join(map(str, ids))}"
+            else:
+                text = f"nothing re-queued: no batch of job {args.job} is out of attempts"
             return {"requeued": ids}, text
         assert args.command == "reset"
         result = await inventory.reset(args.job, args.to_id, force=args.force)

@@ -7,10 +7,12 @@ URLs are secrets: they may carry passwords, so their repr is masked.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -45,6 +47,33 @@ def hide_password(url: str) -> str:
         return safe_url(make_url(url))
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable URL>"
+
+
+_PREFIX = "PYBATCHINTORY_"
+# Variables of this prefix that are not settings: the env-file pointer, and the
+# project's own test suite and benchmarks.
+_NOT_SETTINGS = ("PYBATCHINTORY_ENV_FILE", "PYBATCHINTORY_TEST_", "PYBATCHINTORY_BENCH_")
+
+
+def _refuse_unknown_variables(env_files: Any) -> None:
+    """A misspelled variable must not silently fall back to a default (such as a new,
+    empty local SQLite file): name it, and the setting it was probably meant to be."""
+    names = {key for key in os.environ if key.upper().startswith(_PREFIX)}
+    files = (env_files,) if isinstance(env_files, (str, os.PathLike)) else env_files or ()
+    for path in files:
+        if os.path.isfile(path):
+            names |= {k for k in dotenv_values(path) if k.upper().startswith(_PREFIX)}
+    fields = [f"{_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    for name in sorted(names):
+        upper = name.upper()
+        if upper in fields or upper.startswith(_NOT_SETTINGS):
+            continue
+        close = difflib.get_close_matches(upper, fields, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigurationError(
+            f"unknown setting {name} (environment or dotenv file){hint} The settings are: "
+            f"{', '.join(fields)}"
+        )
 
 
 class Settings(BaseSettings):
@@ -97,6 +126,7 @@ class Settings(BaseSettings):
                 for err in exc.errors(include_input=False, include_url=False)
             )
             raise ConfigurationError(f"invalid pybatchintory settings: {problems}") from None
+        _refuse_unknown_variables(values.get("_env_file"))
 
     @field_validator("inventory_url", "meta_url")
     @classmethod

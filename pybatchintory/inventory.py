@@ -22,6 +22,7 @@ from ._engines import (
     retry_transient,
     write_transaction,
 )
+from ._idle import frontier_reason, nothing_new_reason, window_reason
 from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
 from ._reset import reset_job
 from ._source import Source
@@ -93,6 +94,10 @@ class Inventory:
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
         self._tables = build_tables(self.settings)
         self._storage: Storage | None = None
+        self.idle_reasons: dict[str, str] = {}
+        """Per job, why its last acquisition handed out nothing (gone once one hands
+        out a batch): window done, upstream frontier, nothing new."""
+        self._last_idle: str | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._storage is not None else "closed"
@@ -429,9 +434,12 @@ class Inventory:
         lease = job.lease_seconds or self.settings.lease_seconds
         max_attempts = job.max_attempts or self.settings.max_attempts
 
+        cursor: list[int | None] = [None]  # the job's cursor, as the last attempt saw it
+
         async def take() -> BatchRecord | None:
             async with write_transaction(backend.engine) as conn:
                 state = await backend.lock_job(conn, name, source.binding, definition)
+                cursor[0] = state.cursor
                 record = await backend.reclaim(conn, name, state, job.window, lease, self.worker)
                 if record is not None:
                     return record
@@ -468,7 +476,9 @@ class Inventory:
             else:
                 record = await retry_transient(take)
         if record is None:
+            await self._note_idle(job, cursor[0], upper)
             return None
+        self.idle_reasons.pop(name, None)
         batch = Batch(backend, record, source, lease)
         logger.info(
             "acquired batch %s of job %s: ids %s..%s, attempt %s, %s items, weight %g",
@@ -484,6 +494,26 @@ class Inventory:
         if load_items:
             await self._load_items(batch, source)
         return batch
+
+    async def _note_idle(self, job: Job, cursor: int | None, upper: int | None) -> None:
+        """Say why nothing was handed out: an attribute, and a log line at INFO."""
+        reason = window_reason(cursor, job.id_start, job.id_end)
+        if reason is None and job.source_job is not None:
+            reason = await frontier_reason(self.storage, job.source_job)
+        if reason is None:
+            reason = nothing_new_reason(cursor, upper)
+        self.idle_reasons[job.job_identifier] = self._last_idle = reason
+        logger.info(
+            "job %s: nothing to hand out: %s",
+            job.job_identifier,
+            reason,
+            extra={"job": job.job_identifier, "reason": reason},
+        )
+
+    @property
+    def last_idle_reason(self) -> str | None:
+        """Why the last acquisition that returned None handed out nothing."""
+        return self._last_idle
 
     async def _load_items(self, batch: Batch, source: Source) -> None:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -77,7 +78,7 @@ class JobArguments(JobOptions, total=False):
     job_identifer: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Job:
     """One processing job: its name, its source, and how its batches are cut.
 
@@ -177,6 +178,19 @@ class Job:
         for key, value in normal.items():
             object.__setattr__(self, key, value)
 
+    def _identity(self) -> tuple[Any, ...]:
+        # A SQLAlchemy expression must not be compared with == (that builds SQL): an
+        # expression filter is equal only to itself; a mapping filter by its content.
+        filter = self.filter
+        key = tuple(filter.items()) if isinstance(filter, Mapping) else ("object", id(filter))
+        values = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "filter"]
+        return (*values, key)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        return self._identity() == other._identity()
+
     def __hash__(self) -> int:
         # A mapping filter is not hashable; the name and source identify a job enough.
         return hash((self.job_identifier, self.source_table, self.source_job))
@@ -256,6 +270,7 @@ def job_name(job: Job | str) -> str:
 # -- the stored definition ----------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # once per Job, not once per acquisition
 def job_definition(job: Job) -> str:
     """The job's definition as stable JSON text, as the inventory stores it.
 

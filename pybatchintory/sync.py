@@ -217,6 +217,17 @@ class SyncInventory:
         return self._inventory
 
     @property
+    def idle_reasons(self) -> dict[str, str]:
+        """Same as :attr:`Inventory.idle_reasons`: why a job's last acquisition handed
+        out nothing."""
+        return self._inventory.idle_reasons
+
+    @property
+    def last_idle_reason(self) -> str | None:
+        """Same as :attr:`Inventory.last_idle_reason`."""
+        return self._inventory.last_idle_reason
+
+    @property
     def _loop_or_closed(self) -> EventLoopThread:
         if self._loop is None:
             raise InventoryNotOpenError("the SyncInventory was closed; make a new one")
