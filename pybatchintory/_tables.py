@@ -82,6 +82,8 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
         sa.Column("created_at", UtcDateTime, nullable=False),
         sa.Column("updated_at", UtcDateTime, nullable=False),
+        # schema version 2: the job's stored definition, as JSON text
+        sa.Column("definition", sa.Text, nullable=True),
     )
 
     batches = sa.Table(
