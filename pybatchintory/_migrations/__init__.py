@@ -27,18 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .._engines import backend_errors, read_connection, retry_transient, write_transaction
 from .._tables import BackendTables
 from ..exceptions import SchemaVersionError
+
+if TYPE_CHECKING:  # Alembic is imported only when there is something to upgrade
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "LIBRARY_VERSION",
@@ -295,6 +296,8 @@ def _upgrade_sync(conn: sa.Connection, tables: BackendTables, *, dry_run: bool) 
         return MigrationResult(version, LIBRARY_VERSION, steps, True, exclusion)
     try:
         if steps:
+            from alembic import command
+
             config = _alembic_config(conn, tables)
             if version is None:
                 tables.metadata.create_all(conn)
@@ -373,10 +376,14 @@ def _revision(version: int) -> str:
 @cache
 def scripts() -> ScriptDirectory:
     """The revision scripts shipped in pybatchintory/_migrations/versions."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_base_config())
 
 
 def _base_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     # configparser interpolation: a '%' in the install path must be doubled.
     config.set_main_option("script_location", str(_SCRIPTS).replace("%", "%%"))
