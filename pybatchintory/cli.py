@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog="pybatchintory", description=__doc__.split("\n\n")[0], parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    commands.add_parser("init", parents=[common], help="create the backend tables if absent")
+    commands.add_parser("init", parents=[common], help="create the backend tables if absent, or upgrade them")
     commands.add_parser("jobs", parents=[common], help="every job with a one-line status")
     status = commands.add_parser("status", parents=[common], help="a job's batches, leases and backlog")
     status.add_argument("job")
