@@ -216,7 +216,8 @@ def _migrate_text(result: _migrations.MigrationResult) -> str:
 async def _schema_command(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
     """``migrate`` and ``check``: on the inventory engine alone, without ``open()``
     (which would upgrade by itself)."""
-    engine = create_engine(settings.inventory_dsn, settings, writer=True)
+    # check only reads: a reader engine, which on SQLite does not switch the file to WAL.
+    engine = create_engine(settings.inventory_dsn, settings, writer=args.command == "migrate")
     tables = build_tables(settings)
     try:
         if args.command == "check":

@@ -281,7 +281,12 @@ async def _create_schema(conn: AsyncConnection, tables: BackendTables) -> None:
     # database even when the schema exists, which an application role may lack.
     exists = await conn.scalar(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema})
     if exists is None:
-        await conn.execute(sa.schema.CreateSchema(schema))
+        try:
+            await conn.execute(sa.schema.CreateSchema(schema))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+                raise _no_privilege(None, tables, exc) from exc
+            raise
 
 
 def _upgrade_sync(conn: sa.Connection, tables: BackendTables, *, dry_run: bool) -> MigrationResult:

@@ -357,9 +357,11 @@ async def test_check_exit_codes(db: Db) -> None:
     assert "newer than this library" in newer.stdout
 
 
-async def test_check_on_an_unreachable_database_exits_2(db: Db, tmp_path: Path) -> None:
-    if db.kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+async def test_check_on_a_broken_or_unreachable_database_exits_2(db: Db, tmp_path: Path) -> None:
+    if db.kind == "sqlite":  # a file that is not a database
+        garbage = tmp_path / "garbage.db"
+        garbage.write_bytes(b"not a database, " * 512)
+        url = f"sqlite+aiosqlite:///{garbage}"
     else:
         url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
     result = await cli(db, "check", url=url)
@@ -430,6 +432,12 @@ async def test_upgrade_without_privilege_names_migrate(pg_only: Db) -> None:
         assert f"from schema version 1 to {LIBRARY_VERSION}" in message
         assert "lack of privilege" in message
         assert await stamped_versions(db) is None
+
+        # Creating new tables (their schema, first) is refused the same way.
+        with pytest.raises(SchemaVersionError) as raised:
+            await db.inventory(inventory_url=url, meta_url=url, schema_name=f"{db.schema}_new").open()
+        assert "creating the backend tables failed for lack of privilege" in str(raised.value)
+        assert "pybatchintory migrate" in str(raised.value)
 
         # The owner migrates; then the application role opens without altering anything.
         assert (await cli(db, "migrate")).returncode == 0
