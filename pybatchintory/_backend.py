@@ -10,10 +10,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._engines import backend_errors, read_connection, retry_transient, write_transaction
+from ._migrations import ensure_current
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, current_generation, lease_params
 from ._tables import BackendTables
@@ -28,8 +28,6 @@ __all__ = ["Backend", "BatchRecord", "JobState"]
 
 logger = logging.getLogger("pybatchintory")
 
-# Serialises the first creation of the backend tables across processes (PostgreSQL).
-_DDL_LOCK_KEY = 0x70796269  # "pybi"
 LEASE_EXPIRED = "lease expired: the worker stopped renewing it (crashed, killed or hung)"
 
 
@@ -77,62 +75,10 @@ class Backend:
     # -- creation -------------------------------------------------------------------
 
     async def create_tables(self) -> None:
-        """Create the tables if absent; safe when many processes do it at once."""
-        async with backend_errors("creating the backend tables", self.engine):
-            if self.dialect == "postgresql":
-                await self._create_postgresql()
-            else:
-                await retry_transient(self._create_sqlite)
-
-    async def _create_sqlite(self) -> None:
-        async with write_transaction(self.engine) as conn:
-            await conn.run_sync(self.tables.metadata.create_all)
-
-    async def _create_postgresql(self) -> None:
-        async with self.engine.connect() as conn:
-            # Autocommit, so that each check sees what a concurrent creator committed.
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(sa.select(sa.func.pg_advisory_lock(_DDL_LOCK_KEY)))
-            try:
-                schema = self.tables.metadata.schema
-                if schema:
-                    await conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
-                await conn.run_sync(self.tables.metadata.create_all)
-                await self._add_exclusion_constraint(conn)
-            finally:
-                await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_KEY)))
-
-    async def _add_exclusion_constraint(self, conn: AsyncConnection) -> None:
-        """A database-level net under invariant 1, where btree_gist can be had."""
-        batches = self.tables.batches
-        name = f"{batches.name}_ranges_disjoint"
-        prep = conn.dialect.identifier_preparer
-        # Fix (issue 3): look on this table only. Constraint names are per schema, and the
-        # check by name alone found another schema's constraint and skipped ours.
-        exists = await conn.scalar(
-            sa.text(
-                "SELECT 1 FROM pg_constraint WHERE conname = :name "
-                "AND conrelid = to_regclass(:table)"
-            ),
-            {"name": name, "table": prep.format_table(batches)},
-        )
-        if exists:
-            return
-        try:
-            await conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
-            await conn.execute(
-                sa.text(
-                    f"ALTER TABLE {prep.format_table(batches)} ADD CONSTRAINT "
-                    f"{prep.quote(name)} EXCLUDE USING gist (job_identifier WITH =, "
-                    "generation WITH =, int8range(range_start, range_end, '[]') WITH &&)"
-                )
-            )
-        except DBAPIError as exc:
-            logger.info(
-                "no exclusion constraint on %s (%s); the job lock alone keeps ranges disjoint",
-                batches.name,
-                type(exc.orig).__name__,
-            )
+        """Create the tables, or upgrade them to this library's schema version, or (the
+        usual case, one read) find them current; safe when many processes do it at
+        once. See :mod:`pybatchintory._migrations`."""
+        await ensure_current(self.engine, self.tables)
 
     # -- acquisition (inside the caller's write transaction) -----------------------
 

@@ -76,8 +76,8 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("source", sa.String(512), nullable=False),
         sa.Column("id_column", sa.String(255), nullable=False),
         sa.Column("filter_text", sa.Text, nullable=False),
-        # the job's definition as JSON (pybatchintory.job.job_definition), written by
-        # its acquisitions; NULL for a job not acquired since schema version 1
+        # schema version 2: the job's definition as JSON (pybatchintory.job.job_definition),
+        # written by its acquisitions; NULL for a job not acquired since version 1
         sa.Column("definition", sa.Text, nullable=True),
         # the highest source id this job has taken; NULL before its first batch
         sa.Column("cursor", sa.BigInteger, nullable=True),

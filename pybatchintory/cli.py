@@ -1,10 +1,11 @@
 """The ``pybatchintory`` command: create the tables, list jobs, show status, trace an
-item, re-queue failed batches, reset a job.
+item, re-queue failed batches, reset a job, check and upgrade the tables' schema.
 
 Configured like the library (``PYBATCHINTORY_*`` variables, ``.env``), with
 ``--inventory-url`` and ``--meta-url`` on top. Tables for people, ``--json`` for
 scripts. A user error is one line on stderr and exit code 2; a database failure exit
-code 1; never a traceback for either.
+code 1; never a traceback for either. ``check`` exits 0 when the tables are current, 1 when an
+upgrade is pending and 2 on any error.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any, NoReturn
 
 import anyio
 
-from .config import hide_password
+from . import _migrations
+from ._engines import create_engine
+from ._tables import build_tables
+from .config import Settings, hide_password
 from .exceptions import BackendError, PyBatchintoryError
 from .inventory import Inventory
 
@@ -26,6 +30,8 @@ __all__ = ["main"]
 
 EXIT_BACKEND = 1
 EXIT_USAGE = 2
+EXIT_PENDING = 1  # check: an upgrade is pending
+EXIT_CHECK_ERROR = 2  # check: any error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = _Parser(prog="pybatchintory", description=__doc__.split("\n\n")[0], parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    commands.add_parser("init", parents=[common], help="create the backend tables if absent")
+    commands.add_parser("init", parents=[common], help="create the backend tables if absent, or upgrade them")
     commands.add_parser("jobs", parents=[common], help="every job with a one-line status")
     status = commands.add_parser("status", parents=[common], help="a job's batches, leases and backlog")
     status.add_argument("job")
@@ -74,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("job")
     reset.add_argument("--to", type=int, dest="to_id", help="reprocess the ids after this one (default: all)")
     reset.add_argument("--force", action="store_true", help="even if batches after the point are running")
+    migrate = commands.add_parser(
+        "migrate", parents=[common], help="upgrade the backend tables to this version's schema"
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="only print the pending steps")
+    commands.add_parser(
+        "check",
+        parents=[common],
+        help="the tables' schema version against this library's (exit 0 current, 1 upgrade pending, 2 error)",
+    )
     return parser
 
 
@@ -166,12 +181,77 @@ def _trace_text(entries: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
+def _version(value: int | None) -> str:
+    return "none (no tables)" if value is None else str(value)
+
+
+def _check_text(state: _migrations.SchemaState, dialect: str) -> str:
+    tables = _version(state.tables_version)
+    if state.tables_version is not None and not state.stamped:
+        tables += " (created before versioning)"
+    if dialect != "postgresql":
+        exclusion = "n/a (SQLite)"
+    elif state.exclusion_constraint is None:
+        exclusion = "-"
+    else:
+        exclusion = "present" if state.exclusion_constraint else "absent"
+    status = state.status
+    if status == "upgrade pending":
+        status += ": run 'pybatchintory migrate' (or open an Inventory)"
+    elif status != "current":
+        status += ": upgrade pybatchintory"
+    pairs: list[tuple[str, Any]] = [
+        ("tables version", tables),
+        ("library version", state.library_version),
+        ("exclusion constraint", exclusion),
+        ("status", status),
+    ]
+    text = _pairs(pairs)
+    if state.pending:
+        text += "\npending steps:\n" + "\n".join(f"  {step}" for step in state.pending)
+    return text
+
+
+def _migrate_text(result: _migrations.MigrationResult) -> str:
+    if not result.steps:
+        text = f"backend tables already at schema version {result.to_version}"
+    elif result.dry_run:
+        text = f"would upgrade the backend tables from version {_version(result.from_version)} to {result.to_version}:"
+        text += "".join(f"\n  {step}" for step in result.steps)
+    elif result.from_version is None:
+        text = f"backend tables created at schema version {result.to_version}"
+    else:
+        text = f"backend tables upgraded from version {result.from_version} to {result.to_version}"
+        text += "".join(f"\n  {step}" for step in result.steps)
+    if result.exclusion_constraint is False:
+        text += "\nno exclusion constraint (btree_gist unavailable or not permitted); the job lock alone keeps ranges disjoint"
+    return text
+
+
 # -- commands ----------------------------------------------------------------------------
+
+
+async def _schema_command(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
+    """``migrate`` and ``check``: on the inventory engine alone, without ``open()``
+    (which would upgrade by itself)."""
+    # check only reads: a reader engine, which on SQLite does not switch the file to WAL.
+    engine = create_engine(settings.inventory_dsn, settings, writer=args.command == "migrate")
+    tables = build_tables(settings)
+    try:
+        if args.command == "check":
+            state = await _migrations.read_state(engine, tables)
+            return state.as_dict(), _check_text(state, engine.dialect.name)
+        result = await _migrations.migrate(engine, tables, dry_run=args.dry_run)
+        return result.as_dict(), _migrate_text(result)
+    finally:
+        await engine.dispose()
 
 
 async def _run(args: argparse.Namespace) -> tuple[Any, str]:
     """Run the command; return its JSON-able value and its text for people."""
     inventory = Inventory(getattr(args, "inventory_url", None), getattr(args, "meta_url", None))
+    if args.command in ("migrate", "check"):
+        return await _schema_command(args, inventory.settings)
     async with inventory:
         if args.command == "init":
             url = inventory.settings.inventory_dsn
@@ -213,20 +293,23 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pybatchintory`` and ``python -m pybatchintory``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    check = args.command == "check"
     try:
         value, text = anyio.run(_run, args)
     except BackendError as exc:
         print(f"pybatchintory: database error: {exc}", file=sys.stderr)
-        return EXIT_BACKEND
+        return EXIT_CHECK_ERROR if check else EXIT_BACKEND
     except PyBatchintoryError as exc:
         print(f"pybatchintory: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CHECK_ERROR if check else EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     if getattr(args, "json", False):
         print(json.dumps(value, indent=2, default=str))
     else:
         print(text)
+    if check and value["status"] != "current":
+        return EXIT_PENDING if value["status"] == "upgrade pending" else EXIT_CHECK_ERROR
     return 0
 
 

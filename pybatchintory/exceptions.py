@@ -4,6 +4,7 @@ The tree::
 
     PyBatchintoryError
     ├── ConfigurationError        settings or URLs that cannot work
+    │   └── SchemaVersionError    the backend tables' schema version does not fit this library
     ├── InventoryNotOpenError     the inventory was not opened, or was closed
     ├── InvalidArgumentError      a call's arguments are wrong (also a ValueError)
     │   ├── UnknownTableError     the source table does not exist
@@ -31,6 +32,7 @@ __all__ = [
     "InventoryNotOpenError",
     "JobSourceMismatchError",
     "PyBatchintoryError",
+    "SchemaVersionError",
     "SourceDataError",
     "UnknownColumnError",
     "UnknownTableError",
@@ -44,6 +46,13 @@ class PyBatchintoryError(Exception):
 class ConfigurationError(PyBatchintoryError):
     """The settings cannot work: check the PYBATCHINTORY_* variables, your .env file
     or the arguments given to ``Inventory``/``configure``."""
+
+
+class SchemaVersionError(ConfigurationError):
+    """The backend tables are at a schema version this pybatchintory cannot use: newer
+    than it supports (upgrade pybatchintory), or older and the automatic upgrade was
+    refused for lack of privilege (run ``pybatchintory migrate`` as a role that may
+    alter the tables). Nothing was written. See docs/migrations.md."""
 
 
 class InventoryNotOpenError(PyBatchintoryError):

@@ -147,7 +147,9 @@ async def test_processes_opening_a_new_inventory_at_once_create_the_tables_once(
             tables = await db.rows(
                 "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
             )
-        assert [t[0] for t in tables] == ["inventory", "inventory_jobs", "inventory_logs"]
+        assert [t[0] for t in tables] == [
+            "inventory", "inventory_jobs", "inventory_jobs_version", "inventory_logs"
+        ]
     finally:
         if schema:
             async with db.engine.begin() as conn:
