@@ -76,15 +76,15 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("source", sa.String(512), nullable=False),
         sa.Column("id_column", sa.String(255), nullable=False),
         sa.Column("filter_text", sa.Text, nullable=False),
-        # schema version 2: the job's definition as JSON (pybatchintory.job.job_definition),
-        # written by its acquisitions; NULL for a job not acquired since version 1
-        sa.Column("definition", sa.Text, nullable=True),
         # the highest source id this job has taken; NULL before its first batch
         sa.Column("cursor", sa.BigInteger, nullable=True),
         # bumped by a reset: ranges are disjoint within one generation of a job
         sa.Column("generation", sa.Integer, nullable=False, server_default="0"),
         sa.Column("created_at", UtcDateTime, nullable=False),
         sa.Column("updated_at", UtcDateTime, nullable=False),
+        # schema version 2: the job's definition as JSON (pybatchintory.job.job_definition),
+        # written by its acquisitions; NULL for a job not acquired since version 1
+        sa.Column("definition", sa.Text, nullable=True),
     )
 
     batches = sa.Table(

@@ -92,7 +92,7 @@ async def test_retry_and_reset(db: Db) -> None:
         await failed.error("boom")
 
         retry = await cli(db, "retry", "j", "--batch", str(failed.id))
-        assert retry.returncode == 0 and f"re-queued 1 batch(es): {failed.id}" in retry.stdout
+        assert retry.returncode == 0 and f"re-queued 1 batch: {failed.id}" in retry.stdout
 
         refused = await cli(db, "reset", "j")
         assert refused.returncode == 2

@@ -183,8 +183,9 @@ async def assert_acquisition_continues(db: Db, table: str) -> None:
         "SELECT status, logging FROM {s}inventory_logs WHERE id = 3 AND attempt = 1"
     )
     assert expired[0][0] == "failed" and LEASE_EXPIRED in expired[0][1]
-    # The new column exists and is NULL for the old jobs.
-    assert [r[0] for r in await db.rows("SELECT definition FROM {s}inventory_jobs")] == [None, None]
+    # The new column exists, and each old job's next acquisition stored its definition.
+    stored = [json.loads(r[0]) for r in await db.rows("SELECT definition FROM {s}inventory_jobs ORDER BY job_identifier")]
+    assert [(d["source_table"].rpartition(".")[2], d["weight"]) for d in stored] == [("meta", 2.0), ("meta", 100.0)]
 
 
 def _keep_old_rows(before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]) -> None:

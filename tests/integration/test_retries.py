@@ -9,7 +9,7 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from pybatchintory import Inventory
+from pybatchintory import InvalidArgumentError, Inventory
 from tests.conftest import Db
 
 
@@ -62,13 +62,15 @@ async def test_max_attempts_comes_from_settings_and_retry_can_name_one_batch(db:
         b = await fail(inv, table, (3, 4, 1), weight=2)
         assert await inv.acquire_batch(source_table=table, job_identifier="j", weight=2) is None
         assert await inv.retry("j", batch_id=b) == [b]
-        assert await inv.retry("j", batch_id=b) == []  # it has an attempt left already
+        with pytest.raises(InvalidArgumentError, match="still has attempts left"):
+            await inv.retry("j", batch_id=b)  # it has an attempt left already
         again = await inv.acquire_batch(source_table=table, job_identifier="j", weight=2)
         assert again is not None and (again.id, again.attempt) == (b, 2)
         await again.success()
         assert await inv.acquire_batch(source_table=table, job_identifier="j", weight=2) is None
         assert await inv.retry("j") == [a]
-        assert await inv.retry("other job") == []
+        with pytest.raises(InvalidArgumentError, match="no job 'other job'"):
+            await inv.retry("other job")
     statuses = await db.rows("SELECT id, status, max_attempts FROM {s}inventory ORDER BY id")
     assert [(r.id, r.status) for r in statuses] == [(a, "failed"), (b, "succeeded")]
 
