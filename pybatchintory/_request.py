@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, Literal
 
 from ._source import Filter
 from .config import Settings
@@ -37,6 +37,7 @@ class AcquireRequest:
     load_items: bool
     settle_column: str | None = None
     settle_seconds: float | None = None
+    horizon: Literal["exact"] | None = "exact"  # issue 10: see _horizon.py
 
     @property
     def window(self) -> tuple[int | None, int | None]:
@@ -137,6 +138,7 @@ def make_request(
     load_items: bool,
     settle_column: str | None = None,
     settle_seconds: float | None = None,
+    horizon: Literal["exact"] | None = "exact",
 ) -> AcquireRequest:
     """Check every argument; raise InvalidArgumentError naming the first bad one."""
     job = resolve_job_identifier(job_identifier, job_identifer)
@@ -174,7 +176,11 @@ def make_request(
         raise InvalidArgumentError(
             "settle_column applies to a source table; a source job's batches need none"
         )
+    if horizon not in ("exact", None):
+        raise InvalidArgumentError(f"horizon must be 'exact' or None, got {horizon!r}")
     return AcquireRequest(
+        # a settle lag chosen, or a job source (bounded by its upstream's frontier): no horizon
+        horizon=None if settle is not None or source_job is not None else horizon,
         settle_column=None if settle_column is None else _name(settle_column, "settle_column"),
         settle_seconds=settle,
         job_identifier=job,

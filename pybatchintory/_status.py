@@ -20,11 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._engines import backend_errors, read_connection
-from ._reports import Backlog, JobStatus, JobSummary
+from ._horizon import report
+from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
 from ._source import PARAMS_DIGEST, Filter, Source, job_source, reflect_table_source
 from ._statements import db_now, frontier
 from ._tables import unfinished
-from .exceptions import InvalidArgumentError, JobSourceMismatchError
+from .exceptions import HorizonUnavailableError, InvalidArgumentError, JobSourceMismatchError
 
 if TYPE_CHECKING:
     from .inventory import Inventory
@@ -208,6 +209,9 @@ async def job_status(
             weight_column=weight_column,
         )
         backlog = await backlog_of(inventory, source, job, id_start, id_end)
+    horizon = None
+    if row.source_kind == "table" and inventory.meta_engine.dialect.name == "postgresql":
+        horizon = await _horizon(inventory, row)
     return JobStatus(
         job_identifier=row.job_identifier,
         source_kind=row.source_kind,
@@ -233,7 +237,28 @@ async def job_status(
         frontier_batch_id=frontier,
         backlog=backlog,
         backlog_note=note,
+        horizon=horizon,
     )
+
+
+async def _horizon(inventory: Inventory, row: Any) -> HorizonReport | None:
+    """The horizon of the job's table (about the table, not the filter); None where the
+    table's id sequence does not allow one."""
+    try:
+        async with backend_errors("reading the horizon", inventory.meta_engine):
+            source = await reflect_table_source(
+                inventory.meta_engine,
+                row.source,
+                id_column=row.id_column,
+                weight_column=None,
+                item_columns=None,
+                filter=None,
+                horizon=True,
+            )
+            assert source.horizon is not None  # PostgreSQL
+            return await report(source.horizon)
+    except HorizonUnavailableError:
+        return None
 
 
 async def _frontier(inventory: Inventory, upstream: str) -> int | None:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable, Mapping
 from contextlib import nullcontext
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -269,6 +269,7 @@ class Inventory:
             max_attempts=None,
             lease_seconds=None,
             load_items=False,
+            horizon=None,
         )
         source = await self._source(request)
         return await backlog_of(self, source, request.job_identifier, id_start, id_end)
@@ -322,6 +323,7 @@ class Inventory:
         load_items: bool = True,
         settle_column: str | None = None,
         settle_seconds: float | None = None,
+        horizon: Literal["exact"] | None = "exact",
         job_identifer: str | None = None,
     ) -> Batch | None:
         """Take the job's next batch, or None when nothing is left in its window.
@@ -334,6 +336,9 @@ class Inventory:
         ``settle_column`` and ``settle_seconds`` keep the job from planning past a row
         younger than ``settle_seconds`` by that timestamp column, so that rows whose
         lower ids become visible late are not skipped (see the README's known hazard).
+        ``horizon="exact"`` (the default; off with a settle lag) does so without a lag on
+        PostgreSQL: the job never plans past an id whose writer may still commit a lower
+        one (docs/design-horizon.md); ``horizon=None`` plans up to the highest visible id.
         ``job_identifer`` is an alias of ``job_identifier``.
         """
         request = make_request(self.settings, **_acquire_arguments(locals()))
@@ -360,6 +365,7 @@ class Inventory:
         load_items: bool = True,
         settle_column: str | None = None,
         settle_seconds: float | None = None,
+        horizon: Literal["exact"] | None = "exact",
         job_identifer: str | None = None,
     ) -> AsyncIterator[Batch]:
         """Yield up to ``batch_count`` batches (None: until nothing is left), one at a time.
@@ -410,6 +416,7 @@ class Inventory:
                     filter=request.filter,
                     settle_column=request.settle_column,
                     settle_seconds=request.settle_seconds,
+                    horizon=request.horizon is not None,
                 )
         if key is not None:
             # The filter object is kept alive with the entry, so its id() stays unique.
@@ -575,6 +582,7 @@ def _source_key(request: AcquireRequest) -> Hashable | None:
         request.item_columns,
         request.settle_column,
         request.settle_seconds,
+        request.horizon,
         filter_key,
     )
 
