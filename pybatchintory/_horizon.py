@@ -71,7 +71,11 @@ class Horizon:
     relation_oid: int
     max_id_sql: str
     settled: int | None = None
-    refreshes: int = 0
+    refreshes: int = 0  # refresh statements started
+    # the last plan reached the settled horizon: the next one will likely refresh
+    at_tail: bool = False
+    _latest: int = -1  # the number of the last refresh that completed
+    _prefetches: set[asyncio.Future[int | None]] = field(default_factory=set)
     _pending: list[tuple[int, frozenset[str]]] = field(default_factory=list)
     _locks: dict[int, asyncio.Lock] = field(default_factory=dict)
 
@@ -92,6 +96,24 @@ class Horizon:
             )
         )
 
+    def prefetch(self, upper: int | None) -> int | None:
+        """At the tail, start a refresh now, while the acquisition locks its job row, and
+        return the number that lets the plan take it (``refresh(since=...)``). Not for
+        a window that ends at or below the settled horizon: it needs no refresh."""
+        if not self.at_tail or (upper is not None and self.settled is not None and self.settled >= upper):
+            return None
+        since = self.refreshes
+        task = asyncio.ensure_future(self.refresh(since))
+        self._prefetches.add(task)
+        task.add_done_callback(self._prefetched)
+        return since
+
+    def _prefetched(self, task: asyncio.Future[int | None]) -> None:
+        self._prefetches.discard(task)
+        if not task.cancelled():
+            # a failure shows again in the plan's own refresh, which then runs anew
+            task.exception()
+
     def _lock(self) -> asyncio.Lock:
         # one per event loop: a SyncInventory may run its calls on a loop of its own
         loop = asyncio.get_running_loop()
@@ -101,20 +123,25 @@ class Horizon:
             lock = self._locks[id(loop)] = asyncio.Lock()
         return lock
 
-    async def refresh(self) -> int | None:
+    async def refresh(self, since: int | None = None) -> int | None:
         """Read a new candidate and settle every older one whose lockers all ended.
 
         Refreshes of one source run one at a time, so that each candidate is checked
-        against lockers read after its own; a caller that waited while another refresh
-        ran takes that one's result. Returns the settled horizon (None: nothing yet).
+        against lockers read after its own. ``since``: a refresh whose statement started
+        at or after that number (``refreshes`` when the caller began) will do, such as
+        one prefetched by the same acquisition, or one another task ran meanwhile.
+        Returns the settled horizon (None: nothing yet).
         """
-        asked = self.refreshes
+        if since is None:
+            since = self.refreshes
         async with self._lock():
-            if self.refreshes != asked:
+            if self._latest >= since:
                 return self.settled
+            issue = self.refreshes
+            self.refreshes += 1
             async with read_connection(self.engine) as conn:
                 row = (await conn.execute(self._read, {"pybi_rel": self.relation_oid})).one()
-            self.refreshes += 1
+            self._latest = issue
             highest, lockers = row.m, frozenset(row.lockers or ())
             settled = self.settled
             pending = []

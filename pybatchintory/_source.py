@@ -212,12 +212,15 @@ class Source:
         budget: float | None,
         max_items: int | None,
         conn: AsyncConnection | None = None,
+        horizon_since: int | None = None,
     ) -> BatchPlan | None:
         """Choose the next batch: the longest run of matching ids from ``start`` that fits.
 
         ``conn``: plan on this connection (one of this source's engine) rather than a
         pooled one; a job source plans inside the acquisition's own transaction, which
         would otherwise hold one inventory connection while waiting for a second.
+        ``horizon_since``: what ``Horizon.prefetch`` returned, if this acquisition
+        prefetched the horizon.
         """
         acc = RangeAccumulator(budget, max_items)
         horizon = self.horizon
@@ -231,8 +234,9 @@ class Source:
             if settled is not None and settled >= start:
                 await self._fill(acc, start, _lowest(upper, settled), conn)
                 begin = settled + 1
-            if not acc.full and (settled is None or upper is None or settled < upper):
-                settled = await horizon.refresh()
+            horizon.at_tail = not acc.full and (settled is None or upper is None or settled < upper)
+            if horizon.at_tail:
+                settled = await horizon.refresh(horizon_since)
                 if settled is not None and settled >= begin:
                     # a new statement, after the one that settled the ids up to there
                     await self._fill(acc, begin, _lowest(upper, settled), conn)

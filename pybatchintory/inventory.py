@@ -432,6 +432,8 @@ class Inventory:
         upper = _lowest(request.id_end, run_upper)
 
         async def take() -> BatchRecord | None:
+            # at the tail, the horizon's refresh runs while the job row is being locked
+            since = source.horizon.prefetch(upper) if source.horizon is not None else None
             async with write_transaction(backend.engine) as conn:
                 job = await backend.lock_job(conn, request.job_identifier, source.binding)
                 record = await backend.reclaim(
@@ -458,6 +460,7 @@ class Inventory:
                         request.weight,
                         request.max_items,
                         conn=conn if same_engine else None,
+                        horizon_since=since,
                     )
                 if plan is None:
                     return None
