@@ -55,6 +55,7 @@ PARAMS_DIGEST = " -- params sha256:"
 _FIRST_PAGE = 64
 _MAX_PAGE = 8192
 _NO_UPPER = 2**63 - 1
+_PG_INT_FLOOR: dict[type, int] = {sa.Integer: -(2**31), sa.INTEGER: -(2**31), sa.SmallInteger: -(2**15), sa.SMALLINT: -(2**15)}
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,9 @@ class Source:
         self, acc: RangeAccumulator, start: int, upper: int | None, conn: AsyncConnection | None
     ) -> None:
         """Offer ``acc`` the rows from ``start`` (up to ``upper``), page by page."""
+        if self.engine.dialect.name == "postgresql":
+            # "from the start" is -2**63, which an int4 or int2 parameter cannot carry
+            start = max(start, _PG_INT_FLOOR.get(type(self.id_col.type), -(2**63)))
         page = self.page_hint if acc.max_items is None else min(self.page_hint, acc.max_items)
         page = max(page, 1)
         query = self._page_upto if upper is not None else self._page
