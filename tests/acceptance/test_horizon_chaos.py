@@ -60,6 +60,7 @@ async def chaos(db: Db, tmp_path: Path, horizon: str | None) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SECONDS * 8)  # the writers run at least SECONDS, past the default 120 s budget on a slow box
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
 async def test_every_committed_id_is_in_exactly_one_batch_under_chaos(db: Db, tmp_path: Path) -> None:
     facts = await chaos(db, tmp_path, "exact")
@@ -75,6 +76,7 @@ async def test_every_committed_id_is_in_exactly_one_batch_under_chaos(db: Db, tm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SECONDS * 8)
 @pytest.mark.skipif(not os.environ.get("PYBATCHINTORY_CHAOS_OFF"), reason="by hand: PYBATCHINTORY_CHAOS_OFF=1")
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
 async def test_report_the_skips_without_the_horizon(db: Db, tmp_path: Path) -> None:
