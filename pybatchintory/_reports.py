@@ -34,12 +34,45 @@ class Backlog(_AsDict):
 
 
 @dataclass(frozen=True)
+class HorizonHolder(_AsDict):
+    """A transaction that holds the horizon back: it may still make an id at or below
+    the highest visible id visible. ``pid`` is None for a prepared transaction;
+    ``query`` is the session's last statement where the role may see it."""
+
+    virtual_transaction: str
+    pid: int | None
+    state: str | None
+    transaction_start: datetime | None
+    transaction_age_seconds: float | None
+    query: str | None
+    user: str | None
+    application_name: str | None
+
+
+@dataclass(frozen=True)
+class HorizonReport(_AsDict):
+    """The horizon of a job's PostgreSQL source table when the status was read.
+
+    ``settled_id``: every id up to it that will ever be visible is visible (None: not
+    known past what this process saw; with no writer open it is ``highest_visible_id``).
+    ``held_by``: the writer transactions open when the status was read; ids up to
+    ``highest_visible_id`` settle once they end.
+    """
+
+    settled_id: int | None
+    highest_visible_id: int | None
+    held_by: tuple[HorizonHolder, ...]
+
+
+@dataclass(frozen=True)
 class JobStatus(_AsDict):
     """A job's state: its source, cursor, batches by status and its backlog.
 
     Batch counts cover the current generation (since the last reset); ``superseded``
     counts the batches of earlier generations, kept as history. ``backlog`` is None
-    when it cannot be computed safely; ``backlog_note`` then says why.
+    when it cannot be computed safely; ``backlog_note`` then says why. ``horizon``
+    (a PostgreSQL source table whose id sequence allows it) explains a stalled job: how
+    far ids are settled, the highest visible id, and the writer transactions between.
     """
 
     job_identifier: str
@@ -70,7 +103,10 @@ class JobStatus(_AsDict):
     """The job's stored definition (source, columns, filter, budget, window, ...)."""
     idle_reason: str | None = None
     """Why the next acquisition would hand out nothing new, if it would: the window is
-    done, the upstream frontier holds it back, or nothing new (retries aside)."""
+    done, the upstream frontier holds it back, the horizon holds it back, or nothing
+    new (retries aside)."""
+    horizon: HorizonReport | None = None
+    """PostgreSQL table sources: the exact horizon and what holds it (docs/design-horizon.md)."""
 
 
 @dataclass(frozen=True)

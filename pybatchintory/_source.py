@@ -20,9 +20,11 @@ from sqlalchemy.exc import CompileError, NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._engines import cursor_transaction, read_connection
+from ._horizon import Horizon, check_horizon
 from ._statements import frontier
 from ._tables import BackendTables
 from .exceptions import (
+    HorizonUnavailableError,
     InvalidArgumentError,
     InvalidFilterError,
     SourceDataError,
@@ -46,6 +48,7 @@ PARAMS_DIGEST = " -- params sha256:"
 _FIRST_PAGE = 64
 _MAX_PAGE = 8192
 _NO_UPPER = 2**63 - 1
+_PG_INT_FLOOR: dict[type, int] = {sa.Integer: -(2**31), sa.INTEGER: -(2**31), sa.SmallInteger: -(2**15), sa.SMALLINT: -(2**15)}
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ class Source:
     plan_bound: sa.ColumnElement[bool] | None = None
     # the last batch's item count, so the first page usually covers the whole batch
     page_hint: int = field(default=_FIRST_PAGE)
+    # planning only: never plan past the exact horizon (PostgreSQL; docs/design-horizon.md)
+    horizon: Horizon | None = None
 
     def __post_init__(self) -> None:
         # Built once per source: a statement object memoizes its cache key, so executing
@@ -201,15 +206,47 @@ class Source:
         budget: float | None,
         max_items: int | None,
         conn: AsyncConnection | None = None,
+        horizon_since: int | None = None,
     ) -> BatchPlan | None:
         """Choose the next batch: the longest run of matching ids from ``start`` that fits.
 
         ``conn``: plan on this connection (one of this source's engine) rather than a
         pooled one; a job source plans inside the acquisition's own transaction, which
         would otherwise hold one inventory connection while waiting for a second.
+        ``horizon_since``: what ``Horizon.prefetch`` returned, if this acquisition
+        prefetched the horizon.
         """
         acc = RangeAccumulator(budget, max_items)
-        page = self.page_hint if max_items is None else min(self.page_hint, max_items)
+        horizon = self.horizon
+        if horizon is None:
+            await self._fill(acc, start, upper, conn)
+        else:
+            # Plan up to the settled horizon; read the writers (one statement) only when
+            # the batch is not full there and the range could go further.
+            settled = horizon.settled
+            begin = start
+            if settled is not None and settled >= start:
+                await self._fill(acc, start, _lowest(upper, settled), conn)
+                begin = settled + 1
+            horizon.at_tail = not acc.full and (settled is None or upper is None or settled < upper)
+            if horizon.at_tail:
+                settled = await horizon.refresh(horizon_since)
+                if settled is not None and settled >= begin:
+                    # a new statement, after the one that settled the ids up to there
+                    await self._fill(acc, begin, _lowest(upper, settled), conn)
+        planned = acc.plan()
+        if planned is not None:
+            self.page_hint = max(_FIRST_PAGE, min(_MAX_PAGE, planned.item_count + 1))
+        return planned
+
+    async def _fill(
+        self, acc: RangeAccumulator, start: int, upper: int | None, conn: AsyncConnection | None
+    ) -> None:
+        """Offer ``acc`` the rows from ``start`` (up to ``upper``), page by page."""
+        if self.engine.dialect.name == "postgresql":
+            # "from the start" is -2**63, which an int4 or int2 parameter cannot carry
+            start = max(start, _PG_INT_FLOOR.get(type(self.id_col.type), -(2**63)))
+        page = self.page_hint if acc.max_items is None else min(self.page_hint, acc.max_items)
         page = max(page, 1)
         query = self._page_upto if upper is not None else self._page
         params: dict[str, Any] = {"pybi_start": start, "pybi_page": page}
@@ -223,10 +260,6 @@ class Source:
                     break
                 params["pybi_start"] = rows[-1][0] + 1
                 params["pybi_page"] = min(params["pybi_page"] * 2, _MAX_PAGE)
-        planned = acc.plan()
-        if planned is not None:
-            self.page_hint = max(_FIRST_PAGE, min(_MAX_PAGE, planned.item_count + 1))
-        return planned
 
     async def contains(self, item_id: int) -> bool:
         """Whether ``item_id`` is a matching row (filter included): one index lookup."""
@@ -365,8 +398,14 @@ async def reflect_table_source(
     filter: Filter,
     settle_column: str | None = None,
     settle_seconds: float | None = None,
+    horizon: bool = False,
 ) -> Source:
-    """Reflect ``source_table`` and check every named column and the filter."""
+    """Reflect ``source_table`` and check every named column and the filter.
+
+    ``horizon``: never plan past the exact horizon (docs/design-horizon.md). On
+    PostgreSQL its preconditions are checked here (HorizonUnavailableError); SQLite
+    needs nothing, its ids become visible in order.
+    """
     schema, name = _split_name(source_table)
     async with read_connection(engine) as conn:
         table = await _reflect(conn, schema, name)
@@ -386,7 +425,15 @@ async def reflect_table_source(
     if settle_column is not None and settle_seconds is not None:
         settle_col = _column(table, settle_column, "settle", (sa.DateTime,))
         bound = settle_bound(table, id_col, settle_col, settle_seconds, engine.dialect.name)
-    return Source(engine, table, id_col, weight_col, where, items, binding, bound)
+    exact = None
+    if horizon and engine.dialect.name == "postgresql":
+        exact = await check_horizon(engine, table, id_column)
+    elif horizon and engine.dialect.name != "sqlite":  # pragma: no cover - two backends today
+        raise HorizonUnavailableError(
+            f"the exact horizon is implemented for PostgreSQL (and SQLite needs none), not "
+            f"{engine.dialect.name}: bound the job by settle_column/settle_seconds instead"
+        )
+    return Source(engine, table, id_col, weight_col, where, items, binding, bound, horizon=exact)
 
 
 def settle_bound(
@@ -415,6 +462,10 @@ def settle_bound(
         young = settle_col > sa.func.now() - interval
     first_young = sa.select(sa.func.min(id_col)).where(young).scalar_subquery()
     return id_col < sa.func.coalesce(first_young, _NO_UPPER)
+
+
+def _lowest(a: int | None, b: int) -> int:
+    return b if a is None else min(a, b)
 
 
 def job_source(engine: AsyncEngine, tables: BackendTables, upstream_job: str) -> Source:

@@ -21,13 +21,19 @@ from typing import Any
 import sqlalchemy as sa
 
 from ._engines import backend_errors, read_connection
+from ._horizon import report
 from ._idle import frontier_reason, nothing_new_reason, window_reason
-from ._reports import Backlog, JobStatus, JobSummary
+from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
 from ._source import PARAMS_DIGEST, Source, job_source, reflect_table_source
 from ._statements import db_now, frontier
 from ._storage import Storage, StoredJob
 from ._tables import unfinished
-from .exceptions import BackendError, InvalidArgumentError, JobSourceMismatchError
+from .exceptions import (
+    BackendError,
+    HorizonUnavailableError,
+    InvalidArgumentError,
+    JobSourceMismatchError,
+)
 from .job import Filter, Job
 
 # -- helpers -------------------------------------------------------------------------
@@ -203,6 +209,18 @@ async def job_status(
         idle = await frontier_reason(store, row.source)
     if idle is None and backlog is not None and backlog.items == 0:
         idle = nothing_new_reason(row.cursor, id_end)
+    horizon = None
+    if row.source_kind == "table" and store.meta_engine.dialect.name == "postgresql":
+        try:
+            horizon = await _horizon(store, row)
+        except BackendError:
+            pass  # the note above already says the metadata database could not be read
+    if idle is None and horizon is not None and horizon.held_by:
+        idle = (
+            f"the exact horizon holds at id {_cell(horizon.settled_id)} (highest visible "
+            f"{_cell(horizon.highest_visible_id)}): {len(horizon.held_by)} open writer "
+            "transaction(s) may still commit lower ids"
+        )
     return JobStatus(
         job_identifier=row.job_identifier,
         source_kind=row.source_kind,
@@ -230,6 +248,7 @@ async def job_status(
         backlog_note=note,
         definition=stored_definition,
         idle_reason=idle,
+        horizon=horizon,
     )
 
 
@@ -246,13 +265,13 @@ async def _backlog_source(
     if row.source_kind == "job":
         return job_source(store.engine, store.tables, row.source)
     if isinstance(job, Job) and filter is None and weight_column is None:
-        source = await store.source(job)
+        source = await store.counting_source(job)
         _check_binding(row, source)
         return source
     given_filter = filter is not None or trust_stored_filter
     if not given_filter and stored.filter_kind != "expression" and stored.job is not None:
         if weight_column is None or weight_column == stored.job.weight_column:
-            return await store.source(stored.job)  # the stored definition, exactly
+            return await store.counting_source(stored.job)  # the stored definition, exactly
     if not given_filter and stored.filter_kind == "expression":
         return (
             "the job's filter is a SQL expression, stored as text only: pass the Job (or "
@@ -264,6 +283,30 @@ async def _backlog_source(
     return await table_source(
         store, row, filter, trust_stored_filter=trust_stored_filter, weight_column=weight_column
     )
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+async def _horizon(store: Storage, row: Any) -> HorizonReport | None:
+    """The horizon of the job's table (about the table, not the filter); None where the
+    table's id sequence does not allow one."""
+    try:
+        async with backend_errors("reading the horizon", store.meta_engine):
+            source = await reflect_table_source(
+                store.meta_engine,
+                row.source,
+                id_column=row.id_column,
+                weight_column=None,
+                item_columns=None,
+                filter=None,
+                horizon=True,
+            )
+            assert source.horizon is not None  # PostgreSQL
+            return await report(source.horizon)
+    except HorizonUnavailableError:
+        return None
 
 
 async def _frontier(store: Storage, upstream: str) -> int | None:

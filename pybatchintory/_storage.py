@@ -7,6 +7,7 @@ Features (acquisition, status, trace, reset) depend on this module, never on the
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable, Mapping
@@ -112,6 +113,7 @@ class Storage:
                     filter=job.filter,
                     settle_column=job.settle_column,
                     settle_seconds=job.settle_seconds,
+                    horizon=job.horizon is not None,
                 )
         if key is not None:
             # The filter object is kept alive with the entry, so its id() stays unique.
@@ -133,6 +135,11 @@ class Storage:
                 "consumes the batches of a job that has acquired at least once; "
                 "'pybatchintory jobs' lists the known jobs"
             )
+
+    async def counting_source(self, job: Job) -> Source:
+        """The job's source for counting (backlog, status): without the exact horizon,
+        whose preconditions only acquisition needs."""
+        return await self.source(dataclasses.replace(job, horizon=None))
 
     def forget_sources(self) -> None:
         self._sources.clear()
@@ -159,5 +166,6 @@ def _source_key(job: Job) -> Hashable | None:
         job.item_columns,
         job.settle_column,
         job.settle_seconds,
+        job.horizon,
         filter_key,
     )

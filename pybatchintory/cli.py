@@ -159,7 +159,26 @@ def _status_text(s: Any) -> str:
         pairs.append(("idle", s.idle_reason))
     if s.superseded:
         pairs.append(("earlier generations", f"{s.superseded} batches"))
+    if s.horizon is not None:
+        pairs += _horizon_pairs(s.horizon)
     return _pairs(pairs)
+
+
+def _horizon_pairs(h: Any) -> list[tuple[str, Any]]:
+    """The horizon, and each open writer transaction that holds it back."""
+    settled = "not yet known past the cursor" if h.settled_id is None else h.settled_id
+    pairs: list[tuple[str, Any]] = [
+        ("horizon", f"settled up to {settled}, highest visible id {_cell(h.highest_visible_id)}")
+    ]
+    for holder in h.held_by:
+        who = "prepared transaction" if holder.pid is None else f"pid {holder.pid}"
+        age = "" if holder.transaction_age_seconds is None else f" for {holder.transaction_age_seconds:.1f} s"
+        since = f" (transaction since {_cell(holder.transaction_start)})" if holder.transaction_start else ""
+        query = " ".join((holder.query or "").split())[:120]
+        pairs.append(
+            ("  held by", f"{who}, {holder.state or 'state unknown'}{age}{since}" + (f": {query}" if query else ""))
+        )
+    return pairs
 
 
 def _trace_text(entries: Sequence[Any]) -> str:

@@ -9,7 +9,8 @@ The tree::
     ├── InvalidArgumentError      a call's arguments are wrong (also a ValueError)
     │   ├── UnknownTableError     the source table does not exist
     │   ├── UnknownColumnError    a named column does not exist or has the wrong type
-    │   └── InvalidFilterError    a filter that is not a mapping, expression or callable
+    │   ├── InvalidFilterError    a filter that is not a mapping, expression or callable
+    │   └── HorizonUnavailableError  the exact horizon cannot be proven for the source table
     ├── SourceDataError           a row of the source cannot be batched (NULL or negative weight)
     ├── JobSourceMismatchError    a job is reused with another source, id column or filter
     ├── BatchStateError           a batch is used in a way its state does not allow
@@ -27,6 +28,7 @@ __all__ = [
     "BatchLostError",
     "BatchStateError",
     "ConfigurationError",
+    "HorizonUnavailableError",
     "InvalidArgumentError",
     "InvalidFilterError",
     "InventoryNotOpenError",
@@ -80,6 +82,14 @@ class InvalidFilterError(InvalidArgumentError):
     """Filters are a mapping ``{column: value or [values]}``, a SQLAlchemy boolean
     expression, or a callable taking the reflected table and returning one. Raw SQL
     strings must be wrapped in ``sqlalchemy.text()`` so that their use is deliberate."""
+
+
+class HorizonUnavailableError(InvalidArgumentError):
+    """The exact horizon (the default of an incremental job on PostgreSQL) cannot be
+    proven for this source table: its id column must take its default from a sequence
+    with CACHE 1 (serial, identity or nextval). Fix the table as the message says, or
+    choose a settle lag (``settle_column``/``settle_seconds``), or ``horizon=None``.
+    Nothing was written."""
 
 
 class SourceDataError(PyBatchintoryError):

@@ -278,7 +278,7 @@ class Inventory:
         the name of a stored job, or the flat keyword form of ``acquire_batch``."""
         store = self.storage
         job = await self._job_of_call(source_table, job_identifier, arguments)
-        source = await store.source(job)
+        source = await store.counting_source(job)
         return await backlog_of(store, source, job.job_identifier, job.id_start, job.id_end)
 
     async def iter_source_items(
@@ -437,6 +437,8 @@ class Inventory:
         cursor: list[int | None] = [None]  # the job's cursor, as the last attempt saw it
 
         async def take() -> BatchRecord | None:
+            # at the tail, the horizon's refresh runs while the job row is being locked
+            since = source.horizon.prefetch(upper) if source.horizon is not None else None
             async with write_transaction(backend.engine) as conn:
                 state = await backend.lock_job(conn, name, source.binding, definition)
                 cursor[0] = state.cursor
@@ -457,6 +459,7 @@ class Inventory:
                         job.weight,
                         job.max_items,
                         conn=conn if same_engine else None,
+                        horizon_since=since,
                     )
                 if plan is None:
                     return None

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from numbers import Real
-from typing import Any, TypedDict, Union
+from typing import Any, Literal, TypedDict, Union
 
 import sqlalchemy as sa
 
@@ -75,6 +75,7 @@ class JobArguments(JobOptions, total=False):
     item_columns: Iterable[str] | None
     settle_column: str | None
     settle_seconds: float | None
+    horizon: Literal["exact"] | None
     job_identifer: str | None
 
 
@@ -124,6 +125,10 @@ class Job:
     past a row younger than that, so rows whose lower ids commit late are not skipped."""
     settle_seconds: float | None = None
     """How long a new row may take to become visible (see ``settle_column``)."""
+    horizon: Literal["exact"] | None = "exact"
+    """``"exact"`` (default): on PostgreSQL the job never plans past an id whose writer
+    may still commit a lower one, with no lag to guess (docs/design-horizon.md). Off
+    with a settle lag and for a source job; ``None`` plans up to the highest visible id."""
 
     def __post_init__(self) -> None:
         name = _name(self.job_identifier, "job_identifier")
@@ -175,6 +180,12 @@ class Job:
             "item_columns": _columns(self.item_columns),
             "filter": _canonical_filter(self.filter),
         }
+        if self.horizon not in ("exact", None):
+            raise InvalidArgumentError(
+                f"horizon must be 'exact' or None, got {self.horizon!r}"
+            )
+        if settle is not None or self.source_job is not None:
+            normal["horizon"] = None  # a settle lag replaces it; a job source needs none
         for key, value in normal.items():
             object.__setattr__(self, key, value)
 
@@ -289,6 +300,7 @@ def job_definition(job: Job) -> str:
         **{key: getattr(job, key) for key in _OPTIONS},
         "settle_column": job.settle_column,
         "settle_seconds": job.settle_seconds,
+        "horizon": job.horizon,
     }
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 

@@ -8,6 +8,10 @@ Run as ``python -m tests.acceptance._worker <command> '<json arguments>'``:
 - ``hang``: acquire one batch, print it as a JSON line, then sleep until killed.
 - ``open``: wait for a start signal (a file appearing), then open the inventory (which
   creates the backend tables) and print ``{"opened": true}``.
+- ``write``: insert rows in transactions of random length (0-500 ms), random size, some
+  rolled back, for ``seconds`` and until ``min_rows`` committed; prints the counts.
+- ``follow``: drain one incremental job while writers insert, until the ``stop_file``
+  exists and two acquisitions in a row after it find nothing; prints the counts.
 
 Every test that starts these processes runs a fresh interpreter (no fork): nothing of
 the parent's event loop or pooled connections leaks into a worker.
@@ -123,6 +127,80 @@ async def _open(args: dict[str, Any]) -> dict[str, Any]:
     return {"opened": True}
 
 
+async def _write(args: dict[str, Any]) -> dict[str, Any]:
+    import random
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    rng = random.Random(args["seed"])
+    table = sa.Table(
+        args["table_name"],
+        sa.MetaData(schema=args.get("schema")),
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("uri", sa.String),
+        sa.Column("weight", sa.Double),
+    )
+    engine = create_async_engine(args["url"], pool_size=1)
+    committed = rolled_back = transactions = 0
+    deadline = time.monotonic() + args["seconds"]
+    try:
+        async with engine.connect() as conn:
+            while time.monotonic() < deadline or committed < args["min_rows"]:
+                size = rng.randint(1, args.get("max_batch", 60))
+                rows = [{"uri": f"w{args['seed']}/{transactions}/{i}", "weight": 1} for i in range(size)]
+                await conn.begin()
+                # some transactions insert in two statements, around the wait
+                split = rng.randint(0, size) if rng.random() < 0.3 else size
+                if split:
+                    await conn.execute(sa.insert(table), rows[:split])
+                await asyncio.sleep(rng.uniform(0, 0.5))
+                if rows[split:]:
+                    await conn.execute(sa.insert(table), rows[split:])
+                if rng.random() < args.get("rollback_share", 0.1):
+                    await conn.rollback()
+                    rolled_back += size
+                else:
+                    await conn.commit()
+                    committed += size
+                transactions += 1
+    finally:
+        await engine.dispose()
+    return {"committed": committed, "rolled_back": rolled_back, "transactions": transactions}
+
+
+async def _follow(args: dict[str, Any]) -> dict[str, Any]:
+    stop = Path(args["stop_file"])
+    counts = {"batches": 0, "items": 0, "empty": 0}
+
+    async def task() -> None:
+        empty_after_stop = 0
+        while empty_after_stop < 2:
+            stopped = stop.exists()  # before the acquisition starts
+            batch = await inv.acquire_batch(
+                source_table=args["table"],
+                job_identifier=args["job"],
+                weight=args.get("weight"),
+                horizon=args.get("horizon", "exact"),
+                load_items=False,
+            )
+            if batch is None:
+                counts["empty"] += 1
+                empty_after_stop = empty_after_stop + 1 if stopped else 0
+                await asyncio.sleep(0.02)
+                continue
+            empty_after_stop = 0
+            async with batch:
+                await asyncio.sleep(0)
+            counts["batches"] += 1
+            counts["items"] += batch.item_count
+
+    inv = _inventory(args)
+    async with inv:
+        await asyncio.gather(*(task() for _ in range(args.get("tasks", 2))))
+    return counts
+
+
 def main(argv: Sequence[str]) -> None:
     command, raw = argv[0], argv[1]
     args = json.loads(raw)
@@ -132,6 +210,10 @@ def main(argv: Sequence[str]) -> None:
         asyncio.run(_hang(args))
     elif command == "open":
         print(json.dumps(asyncio.run(_open(args))), flush=True)
+    elif command == "write":
+        print(json.dumps(asyncio.run(_write(args))), flush=True)
+    elif command == "follow":
+        print(json.dumps(asyncio.run(_follow(args))), flush=True)
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -25,7 +25,7 @@ async def _big_table(db: Db, name: str = "big") -> str:
     table = f'"{db.schema}".{name}'
     async with db.engine.begin() as conn:
         await conn.execute(sa.text(
-            f"CREATE TABLE {table} (id bigint PRIMARY KEY, uri text NOT NULL, "
+            f"CREATE TABLE {table} (id bigserial PRIMARY KEY, uri text NOT NULL, "
             "weight double precision NOT NULL, category text)"
         ))
         await conn.execute(sa.text(
