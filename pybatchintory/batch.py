@@ -122,7 +122,7 @@ class Batch:
         payload = None if result is None else _json_dict(result)
         await self._finish(succeeded=True, result=payload, text=None)
         self.result = payload
-        logger.info("batch succeeded", extra=self._log_fields())
+        logger.info("%s succeeded", self._describe(), extra=self._log_fields())
 
     async def error(self, exc_or_text: BaseException | str) -> None:
         """Record this attempt as failed, with the message and traceback in its log row.
@@ -150,12 +150,22 @@ class Batch:
             refund_attempt=refund_attempt,
         )
         self.status = "succeeded" if succeeded else "failed"
-        if not succeeded:
-            last = self.attempt >= max_attempts
-            logger.warning(
-                "batch failed%s",
-                " on its last attempt; it stays failed until retried" if last else "",
+        if refund_attempt:
+            logger.info(
+                "%s handed back unprocessed, no attempt used: %s",
+                self._describe(),
+                text,
                 extra=self._log_fields(),
+            )
+        elif not succeeded:
+            last = self.attempt >= max_attempts
+            reason = (text or "").strip().splitlines()[-1:] or ["no reason given"]
+            logger.warning(
+                "%s failed%s: %s",
+                self._describe(),
+                " on its last attempt; it stays failed until retried" if last else "",
+                reason[0],
+                extra={**self._log_fields(), "error": reason[0]},
             )
 
     async def heartbeat(self) -> None:
@@ -209,13 +219,17 @@ class Batch:
             try:
                 await self.heartbeat()
             except BatchLostError:
-                logger.warning("batch lost its lease to another worker", extra=self._log_fields())
+                logger.warning(
+                    "%s lost its lease to another worker", self._describe(), extra=self._log_fields()
+                )
                 return
             except InventoryNotOpenError:
                 return
             except (BackendError, BatchStateError) as exc:
                 # A passing outage: the lease may still hold; try again next interval.
-                logger.warning("lease renewal failed: %s", exc, extra=self._log_fields())
+                logger.warning(
+                    "lease renewal of %s failed: %s", self._describe(), exc, extra=self._log_fields()
+                )
 
     async def __aenter__(self) -> Batch:
         self._check_running("enter")
@@ -245,11 +259,17 @@ class Batch:
         except (BatchLostError, BackendError) as record_exc:
             # The body's exception matters more; say why it is not in the inventory.
             logger.error(
-                "could not record the failure of batch %s: %s",
-                self.id,
+                "could not record the failure of %s: %s",
+                self._describe(),
                 record_exc,
                 extra=self._log_fields(),
             )
+
+    def _describe(self) -> str:
+        return (
+            f"batch {self.id} of job {self.job_identifier!r} "
+            f"(ids {self.range_start}..{self.range_end}, attempt {self.attempt})"
+        )
 
     def _log_fields(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -51,17 +52,33 @@ def _common() -> _Parser:
     return common
 
 
+def _plain(text: str) -> str:
+    """Docstring text for a terminal: no reStructuredText markup."""
+    return " ".join(text.replace("``", "").split())
+
+
+def _item_id(value: str) -> int:
+    """An argparse type: a 64-bit integer id."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer id: {value!r}") from None
+    if not -(2**63) <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is outside the 64-bit id range")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pybatchintory`` command."""
     common = _common()
-    parser = _Parser(prog="pybatchintory", description=__doc__.split("\n\n")[0], parents=[common])
+    parser = _Parser(prog="pybatchintory", description=_plain(__doc__.split("\n\n")[0]), parents=[common])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     commands.add_parser("init", parents=[common], help="create the backend tables if absent, or upgrade them")
     commands.add_parser("jobs", parents=[common], help="every job with a one-line status")
     status = commands.add_parser("status", parents=[common], help="a job's batches, leases and backlog")
     status.add_argument("job")
-    status.add_argument("--id-start", type=int, help="count the backlog from this id")
-    status.add_argument("--id-end", type=int, help="count the backlog up to this id")
+    status.add_argument("--id-start", type=_item_id, help="count the backlog from this id")
+    status.add_argument("--id-end", type=_item_id, help="count the backlog up to this id")
     status.add_argument(
         "--weight-column", default=None, help="the source's weight column (default: the job's stored one)"
     )
@@ -72,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace = commands.add_parser("trace", parents=[common], help="every batch that covered an item")
     trace.add_argument("table", help="the metadata table ('table' or 'schema.table')")
-    trace.add_argument("id", type=int, help="the item's id")
+    trace.add_argument("id", type=_item_id, help="the item's id")
     retry = commands.add_parser("retry", parents=[common], help="give failed batches one more attempt")
     retry.add_argument("job")
-    retry.add_argument("--batch", type=int, help="only this batch id")
+    retry.add_argument("--batch", type=_item_id, help="only this batch id")
     reset = commands.add_parser("reset", parents=[common], help="rewind a job's cursor, keeping history")
     reset.add_argument("job")
-    reset.add_argument("--to", type=int, dest="to_id", help="reprocess the ids after this one (default: all)")
+    reset.add_argument("--to", type=_item_id, dest="to_id", help="reprocess the ids after this one (default: all)")
     reset.add_argument("--force", action="store_true", help="even if batches after the point are running")
     migrate = commands.add_parser(
         "migrate", parents=[common], help="upgrade the backend tables to this version's schema"
@@ -96,16 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plural(count: int, noun: str) -> str:
+    """``1 batch``, ``2 batches``, ``1,024 items``."""
     return f"{count:,} {noun if count == 1 else noun + ('es' if noun.endswith('ch') else 's')}"
+
+
+_BINARY_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def _weight(value: float | None, unit: str | None) -> str:
+    """A weight for people: ``3.1 MiB`` for a job whose weight is bytes, else
+    ``3,210,360`` (no exponent, thousands separated)."""
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        scaled, step = float(value), 0
+        while abs(scaled) >= 1024 and step < len(_BINARY_UNITS) - 1:
+            scaled, step = scaled / 1024, step + 1
+        return f"{scaled:,.0f} bytes" if step == 0 else f"{scaled:,.1f} {_BINARY_UNITS[step]}"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.3f}".rstrip("0").rstrip(".")
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()  # UTC, said so
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:g}"
+        return _weight(value, None)
     return str(value)
 
 
@@ -124,19 +164,20 @@ def _pairs(pairs: Sequence[tuple[str, Any]]) -> str:
 
 def _status_text(s: Any) -> str:
     source = f"{s.source_kind} {s.source}" + (f" (filter: {s.filter_text})" if s.filter_text else "")
+    unit = (s.definition or {}).get("weight_unit")
     if s.backlog is not None:
-        weight = "" if s.backlog.weight is None else f", weight {s.backlog.weight:g}"
-        backlog = f"{s.backlog.items} items{weight}"
+        weight = "" if s.backlog.weight is None else f", weight {_weight(s.backlog.weight, unit)}"
+        backlog = f"{_plural(s.backlog.items, 'item')}{weight}"
     else:
         backlog = f"unknown: {s.backlog_note}"
     pairs: list[tuple[str, Any]] = [
         ("job", s.job_identifier),
         ("source", source),
         ("cursor", f"{_cell(s.cursor)} (generation {s.generation})"),
-        ("running", f"{s.running} batches, weight {s.running_weight:g}"),
-        ("succeeded", f"{s.succeeded} batches, weight {s.succeeded_weight:g}"),
-        ("failed", f"{s.failed} batches, weight {s.failed_weight:g} "
-                   f"({s.retryable} to retry, {s.out_of_attempts} out of attempts)"),
+        ("running", f"{_plural(s.running, 'batch')}, weight {_weight(s.running_weight, unit)}"),
+        ("succeeded", f"{_plural(s.succeeded, 'batch')}, weight {_weight(s.succeeded_weight, unit)}"),
+        ("failed", f"{_plural(s.failed, 'batch')}, weight {_weight(s.failed_weight, unit)} "
+                   f"({s.retryable:,} to retry, {s.out_of_attempts:,} out of attempts)"),
         ("oldest running", s.oldest_running_start),
         ("next lease expiry", s.earliest_lease_expiry),
         ("expired leases", s.expired_leases),
@@ -146,9 +187,12 @@ def _status_text(s: Any) -> str:
     if s.definition:
         d = s.definition
         budget = ", ".join(
-            f"{label} {d[key]:g}" if isinstance(d[key], float) else f"{label} {d[key]}"
-            for key, label in (("weight", "weight"), ("max_items", "items"))
-            if d.get(key) is not None
+            part
+            for part in (
+                None if d.get("weight") is None else f"weight {_weight(d['weight'], unit)}",
+                None if d.get("max_items") is None else _plural(d["max_items"], "item"),
+            )
+            if part
         )
         pairs.insert(2, ("budget", budget or "unbounded"))
         if d.get("weight_column"):
@@ -158,7 +202,7 @@ def _status_text(s: Any) -> str:
     if s.idle_reason:
         pairs.append(("idle", s.idle_reason))
     if s.superseded:
-        pairs.append(("earlier generations", f"{s.superseded} batches"))
+        pairs.append(("earlier generations", _plural(s.superseded, "batch")))
     if s.horizon is not None:
         pairs += _horizon_pairs(s.horizon)
     return _pairs(pairs)
@@ -189,8 +233,10 @@ def _trace_text(entries: Sequence[Any]) -> str:
         via = f" via batch {e.via_batch_id}" if e.via_batch_id is not None else ""
         lines.append(
             f"{'  ' * e.depth}{e.job_identifier}: batch {e.batch_id} ids {e.range_start}..{e.range_end}"
-            f"{via}, generation {e.generation}, {e.status} after {e.attempt} attempt(s)"
+            f"{via}, generation {e.generation}, {e.status} after {_plural(e.attempt, 'attempt')}"
         )
+        if not e.verified:
+            lines.append(f"{'  ' * e.depth}  unverified: {e.note}")
         for a in e.attempts:
             last = (a.logging or "").strip().splitlines()[-1:] or [""]
             lines.append(
@@ -311,7 +357,11 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pybatchintory`` and ``python -m pybatchintory``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "id_start", None) is not None and getattr(args, "id_end", None) is not None:
+        if args.id_start > args.id_end:
+            parser.error(f"--id-start {args.id_start} is greater than --id-end {args.id_end}")
     check = args.command == "check"
     try:
         value, text = anyio.run(_run, args)
@@ -323,10 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CHECK_ERROR if check else EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    if getattr(args, "json", False):
-        print(json.dumps(value, indent=2, default=str))
-    else:
-        print(text)
+    try:
+        if getattr(args, "json", False):
+            print(json.dumps(value, indent=2, default=str))
+        else:
+            print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (| head) stopped early: not an error, and no traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if check and value["status"] != "current":
         return EXIT_PENDING if value["status"] == "upgrade pending" else EXIT_CHECK_ERROR
     return 0

@@ -72,6 +72,7 @@ class JobArguments(JobOptions, total=False):
     filter: Filter
     id_column: str
     weight_column: str | None
+    weight_unit: Literal["bytes"] | None
     item_columns: Iterable[str] | None
     settle_column: str | None
     settle_seconds: float | None
@@ -114,6 +115,9 @@ class Job:
     """The auto-increment integer id column."""
     weight_column: str | None = "weight"
     """The numeric weight column; None: every item weighs 1."""
+    weight_unit: Literal["bytes"] | None = None
+    """What a weight counts: ``"bytes"`` shows weights as KiB, MiB, GiB in status and
+    the CLI; None, plain numbers."""
     item_columns: tuple[str, ...] | None = None
     """The columns loaded as ``batch.items`` (None: all)."""
     max_attempts: int | None = None
@@ -180,6 +184,10 @@ class Job:
             "item_columns": _columns(self.item_columns),
             "filter": _canonical_filter(self.filter),
         }
+        if self.weight_unit not in ("bytes", None):
+            raise InvalidArgumentError(
+                f"weight_unit must be 'bytes' or None, got {self.weight_unit!r}"
+            )
         if self.horizon not in ("exact", None):
             raise InvalidArgumentError(
                 f"horizon must be 'exact' or None, got {self.horizon!r}"
@@ -294,6 +302,7 @@ def job_definition(job: Job) -> str:
         "source_job": job.source_job,
         "id_column": job.id_column,
         "weight_column": job.weight_column,
+        "weight_unit": job.weight_unit,
         "item_columns": None if job.item_columns is None else list(job.item_columns),
         "filter": _filter_data(job.filter),
         "filter_kind": _filter_kind(job.filter),

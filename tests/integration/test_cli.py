@@ -117,7 +117,7 @@ async def test_an_unknown_job_is_one_line_on_stderr_and_exit_code_2(db: Db) -> N
 async def test_bad_arguments_and_an_unreachable_database_never_show_a_traceback(tmp_path: Path) -> None:
     db = Db("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'x.sqlite3'}", None, None)  # type: ignore[arg-type]
     usage = await cli(db, "trace", "meta", "not-a-number")
-    assert usage.returncode == 2 and usage.stderr.count("\n") == 1 and "invalid int" in usage.stderr
+    assert usage.returncode == 2 and usage.stderr.count("\n") == 1 and "not an integer id" in usage.stderr
 
     secret_url = "postgresql+asyncpg://someone:s3cret@127.0.0.1:1/nowhere"
     down = await cli(db, "jobs", url=secret_url)
