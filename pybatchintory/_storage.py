@@ -62,6 +62,9 @@ class Storage:
     def __init__(self, backend: Backend, meta_engine: AsyncEngine) -> None:
         self.backend = backend
         self.meta_engine = meta_engine
+        # The metadata table in the inventory's own database: acquisitions plan on
+        # their own connection (one server connection each, not two).
+        self.same_database = meta_engine.url == backend.engine.url
         # LRU: a filter written inline makes a new object (and key) at every call.
         self._sources: OrderedDict[Hashable, tuple[Source, Any]] = OrderedDict()
 

@@ -448,9 +448,13 @@ class Inventory:
                 start = _highest(job.id_start, None if state.cursor is None else state.cursor + 1)
                 if start is not None and upper is not None and start > upper:
                     return None
-                # A job source plans inside this transaction, where a conflict must reach
-                # retry_transient unwrapped; a metadata table on its own engine.
-                same_engine = source.engine is backend.engine
+                # Plan on this transaction's own connection when the source lives in the
+                # inventory's database (a job source; a metadata table at the same URL):
+                # one server connection per acquisition, and a conflict reaches
+                # retry_transient unwrapped. Otherwise on the metadata engine.
+                same_engine = source.engine is backend.engine or (
+                    self.storage.same_database and source.engine is self.storage.meta_engine
+                )
                 errors = nullcontext() if same_engine else backend_errors("planning", source.engine)
                 async with errors:
                     plan = await source.plan(

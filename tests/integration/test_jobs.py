@@ -89,7 +89,7 @@ async def test_status_by_name_on_the_cli_reports_items_and_weight(db: Db) -> Non
     shown = await cli(db, "--meta-url", db.url, "status", "sizes")
     assert shown.returncode == 0, shown.stderr
     # csv rows after id 2: 4, 6, 8, 10 -> 4 items, 2800 bytes
-    assert "4 items, weight 2800" in shown.stdout
+    assert "4 items, weight 2,800" in shown.stdout
     assert "weight column" in shown.stdout and "size_bytes" in shown.stdout
 
 
@@ -128,3 +128,21 @@ async def test_sync_face_acquires_with_a_job_and_overrides(db: Db) -> None:
 
     taken = await anyio.to_thread.run_sync(body)
     assert taken == [(1, 2), (3, 3), (4, 4)]  # 100 + 200 fit in 300; then one item each
+
+
+async def test_one_connection_per_acquisition_when_both_urls_are_one_database(db: Db) -> None:
+    table = await _sized_table(db)
+    checkouts: list[int] = []
+    async with db.inventory(pool_size=1) as inv:  # both URLs are the test database
+        assert inv.storage.same_database
+        # horizon=None: the exact horizon reads PostgreSQL's lock table on the metadata
+        # engine (autocommit, a snapshot of its own) at the tail; planning is what counts
+        job = Job("one_conn", source_table=table, weight_column="size_bytes", max_items=2, horizon=None)
+        first = await inv.acquire_batch(job, load_items=False)  # reflects the table once
+        assert first is not None
+        sa.event.listen(inv.meta_engine.sync_engine, "checkout", lambda *a: checkouts.append(1))
+        for _ in range(3):
+            batch = await inv.acquire_batch(job, load_items=False)
+            assert batch is not None
+            await batch.success()
+    assert checkouts == [], "planning borrowed a second connection from the metadata engine"
