@@ -181,6 +181,23 @@ async def db(db_kind: str, tmp_path: Path) -> AsyncIterator[Db]:
 
 @pytest.fixture
 def pg_only(db: Db) -> Db:
-    if db.kind != "postgresql":
-        pytest.skip("PostgreSQL-only behaviour")
+    """The PostgreSQL database of a PostgreSQL-only test (its SQLite variant is deselected
+    at collection, not skipped)."""
+    assert db.kind == "postgresql", "the SQLite variant of a pg_only test is deselected"
     return db
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that asks for ``pg_only`` has no SQLite variant: deselect it rather than
+    report a skip that hides nothing."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        sqlite_variant = callspec is not None and callspec.params.get("db_kind") == "sqlite"
+        if sqlite_variant and "pg_only" in getattr(item, "fixturenames", ()):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
