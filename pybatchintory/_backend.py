@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._engines import backend_errors, read_connection, retry_transient, write_transaction
+from ._engines import backend_errors, read_connection, safe_write, write_transaction
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, current_generation, lease_params
 from ._tables import BackendTables
@@ -25,6 +26,7 @@ logger = logging.getLogger("pybatchintory")
 
 # Serialises the first creation of the backend tables across processes (PostgreSQL).
 _DDL_LOCK_KEY = 0x70796269  # "pybi"
+HIGHEST_ID = 2**63 - 1  # ids are 64-bit signed integers end to end
 LEASE_EXPIRED = "lease expired: the worker stopped renewing it (crashed, killed or hung)"
 
 
@@ -34,6 +36,19 @@ class JobState:
 
     cursor: int | None
     generation: int
+
+    @property
+    def exhausted(self) -> bool:
+        """The cursor is at the highest 64-bit id: no new range can follow it."""
+        return self.cursor is not None and self.cursor >= HIGHEST_ID
+
+    @property
+    def next_id(self) -> int | None:
+        """The first id after the cursor (None before the first batch, or when
+        :attr:`exhausted`: there is no such 64-bit id)."""
+        if self.cursor is None or self.exhausted:
+            return None
+        return self.cursor + 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,7 @@ class Backend:
             if self.dialect == "postgresql":
                 await self._create_postgresql()
             else:
-                await retry_transient(self._create_sqlite)
+                await safe_write(self._create_sqlite)
 
     async def _create_sqlite(self) -> None:
         async with write_transaction(self.engine) as conn:
@@ -111,17 +126,29 @@ class Backend:
             ),
             {"name": name, "table": prep.format_table(batches)},
         )
+        # Fix (issue 13, item 5): int8range(range_start, range_end, '[]') is stored as
+        # [start, end + 1), out of range for a batch ending at 2**63 - 1. numrange keeps
+        # the inclusive bounds as they are. A constraint of an older version, still on
+        # int8range, is replaced in one statement (its index is built again, once).
+        table, quoted = prep.format_table(batches), prep.quote(name)
+        add = (
+            f"ADD CONSTRAINT {quoted} EXCLUDE USING gist (job_identifier WITH =, "
+            "generation WITH =, numrange(range_start, range_end, '[]') WITH &&)"
+        )
         if exists:
+            definition = await conn.scalar(
+                sa.text(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = :name "
+                    "AND conrelid = to_regclass(:table)"
+                ),
+                {"name": name, "table": table},
+            )
+            if "int8range" in str(definition):
+                await conn.execute(sa.text(f"ALTER TABLE {table} DROP CONSTRAINT {quoted}, {add}"))
             return
         try:
             await conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
-            await conn.execute(
-                sa.text(
-                    f"ALTER TABLE {prep.format_table(batches)} ADD CONSTRAINT "
-                    f"{prep.quote(name)} EXCLUDE USING gist (job_identifier WITH =, "
-                    "generation WITH =, int8range(range_start, range_end, '[]') WITH &&)"
-                )
-            )
+            await conn.execute(sa.text(f"ALTER TABLE {table} {add}"))
         except DBAPIError as exc:
             logger.info(
                 "no exclusion constraint on %s (%s); the job lock alone keeps ranges disjoint",
@@ -130,6 +157,27 @@ class Backend:
             )
 
     # -- acquisition (inside the caller's write transaction) -----------------------
+
+    async def take(
+        self, transaction: Callable[[], Awaitable[BatchRecord | None]]
+    ) -> BatchRecord | None:
+        """Run an acquisition's ``transaction`` on the one cancellation-safe write path
+        (:func:`safe_write`): if the caller is cancelled, the transaction still ends, and
+        a batch it took is handed back without using up an attempt, before the
+        cancellation goes on. Conflicts run the transaction again."""
+        return await safe_write(transaction, undo=self._hand_back_unreached)
+
+    async def _hand_back_unreached(self, record: BatchRecord | None) -> None:
+        if record is None:
+            return
+        await self.finish(
+            record.id,
+            record.attempt,
+            succeeded=False,
+            result=None,
+            text="the acquisition was cancelled before the batch reached its worker",
+            refund_attempt=True,
+        )
 
     async def lock_job(
         self, conn: AsyncConnection, job_identifier: str, binding: SourceBinding
@@ -277,7 +325,7 @@ class Backend:
                 return int(row.max_attempts)
 
         async with backend_errors(f"recording batch {batch_id} as {status}", self.engine):
-            return await retry_transient(attempt_finish)
+            return await safe_write(attempt_finish)
 
     async def heartbeat(self, batch_id: int, attempt: int, lease_seconds: float) -> datetime:
         """Extend the lease of a running attempt; return the new expiry."""
@@ -296,7 +344,7 @@ class Backend:
                 return expires  # type: ignore[no-any-return]
 
         async with backend_errors(f"renewing the lease of batch {batch_id}", self.engine):
-            return await retry_transient(attempt_renew)
+            return await safe_write(attempt_renew)
 
     def _single_write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """Where one statement does the whole write (PostgreSQL), it is atomic by itself:
@@ -326,7 +374,7 @@ class Backend:
                 return sorted(int(i) for i in result.scalars())
 
         async with backend_errors(f"re-queueing failed batches of job {job_identifier!r}", self.engine):
-            return await retry_transient(requeue_all)
+            return await safe_write(requeue_all)
 
 
 def _lost(batch_id: int, attempt: int) -> BatchLostError:

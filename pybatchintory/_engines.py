@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -25,10 +28,12 @@ __all__ = [
     "cursor_transaction",
     "read_connection",
     "retry_transient",
+    "safe_write",
     "write_transaction",
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger("pybatchintory")
 
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 # SQLSTATEs that mean "run the transaction again": serialization failure, deadlock.
@@ -114,14 +119,35 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) 
             conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+@dataclass
+class _WriteProgress:
+    """Where a write run by :func:`safe_write` stands: whether cancelling it now is
+    safe (nothing can have been committed, and nothing is left held)."""
+
+    interruptible: bool = False
+
+
+_write_progress: ContextVar[_WriteProgress | None] = ContextVar(
+    "pybatchintory_write_progress", default=None
+)
+
+
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction that writes: on SQLite it holds the write lock from its start."""
+    progress = _write_progress.get()
+    # PostgreSQL: up to the COMMIT, a cancellation rolls the transaction back and
+    # leaves nothing held (a lock wait ends at once). SQLite: never (see safe_write).
+    interruptible = engine.dialect.name == "postgresql"
+    if progress is not None:
+        progress.interruptible = interruptible
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
         async with conn.begin():
             yield conn
+            if progress is not None:
+                progress.interruptible = False  # the COMMIT follows
 
 
 @asynccontextmanager
@@ -197,6 +223,60 @@ async def complete_despite_cancellation(operation: Awaitable[T]) -> T:
     if cancelled is not None:
         raise cancelled
     return result
+
+
+async def safe_write(
+    operation: Callable[[], Awaitable[T]],
+    undo: Callable[[T], Awaitable[None]] | None = None,
+) -> T:
+    """The one path of every write to the backend tables: ``operation`` (one
+    transaction, run again on transient conflicts by :func:`retry_transient`) is never
+    cut at an unsafe point by a cancellation of its caller.
+
+    Fix (issue 13, items 2 and 3): a write cancelled midway left SQLite's write lock
+    held by a connection whose BEGIN IMMEDIATE or COMMIT ran on in aiosqlite's thread
+    (every other writer then waited out the busy timeout), and let a PostgreSQL
+    acquisition commit a batch that never reached its caller. Here the write runs in a
+    task of its own; if the caller is cancelled, the write still ends, ``undo`` is
+    given what it returned (an acquisition hands its batch back), and then the
+    cancellation goes on. Without a cancellation this costs one task.
+
+    One exception: a PostgreSQL transaction of :func:`write_transaction` that has not
+    reached its COMMIT is cancelled with its caller (say, while it waits for a job's
+    row lock): its rollback leaves nothing behind.
+    """
+    progress = _WriteProgress()
+    token = _write_progress.set(progress)
+    try:
+        task = asyncio.ensure_future(retry_transient(operation))  # copies the context
+    finally:
+        _write_progress.reset(token)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled():  # cancelled directly (the event loop closing): nothing to wait for
+            raise
+        if progress.interruptible:
+            task.cancel()
+        await complete_despite_cancellation(_settle(task, undo))
+        raise
+
+
+async def _settle(task: asyncio.Future[T], undo: Callable[[T], Awaitable[None]] | None) -> None:
+    """Wait for a write whose caller was cancelled; undo what it did, if asked to."""
+    try:
+        result = await task
+    except asyncio.CancelledError:  # interrupted before its COMMIT: nothing was written
+        return
+    except Exception as exc:  # the write failed on its own: nothing to undo
+        logger.debug("a write whose caller was cancelled failed: %s", exc)
+        return
+    if undo is None or result is None:
+        return
+    try:
+        await undo(result)
+    except Exception:  # the cancellation is what the caller must see
+        logger.exception("could not undo a write whose caller was cancelled")
 
 
 def describe(exc: SQLAlchemyError) -> str:

@@ -226,8 +226,8 @@ class Source:
             while True:
                 rows = (await db.execute(query, params)).all()
                 acc.offer_rows(rows)
-                if acc.full or len(rows) < params["pybi_page"]:
-                    break
+                if acc.full or len(rows) < params["pybi_page"] or rows[-1][0] >= _NO_UPPER:
+                    break  # (the last test: no 64-bit id follows 2**63 - 1)
                 params["pybi_start"] = rows[-1][0] + 1
                 params["pybi_page"] = min(params["pybi_page"] * 2, _MAX_PAGE)
         planned = acc.plan()

@@ -92,6 +92,8 @@ async def table_source(
 async def _count_ahead(
     source: Source, cursor: int | None, id_start: int | None, id_end: int | None
 ) -> Backlog:
+    if cursor is not None and cursor >= 2**63 - 1:  # no 64-bit id after it (issue 13, item 5)
+        return Backlog(0, 0.0 if source.weight_col is not None else None)
     start = max(
         v for v in (id_start, None if cursor is None else cursor + 1, -(2**63)) if v is not None
     )

@@ -141,6 +141,15 @@ class Batch:
     async def _finish(
         self, *, succeeded: bool, result: Any, text: str | None, refund_attempt: bool = False
     ) -> None:
+        # A cancelled caller: the write runs to its end (issue 13, item 2), and so does
+        # the batch's own state, which must match what the inventory recorded.
+        await complete_despite_cancellation(
+            self._record_outcome(succeeded, result, text, refund_attempt)
+        )
+
+    async def _record_outcome(
+        self, succeeded: bool, result: Any, text: str | None, refund_attempt: bool
+    ) -> None:
         max_attempts = await self._backend.finish(
             self.id,
             self.attempt,

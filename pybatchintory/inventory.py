@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
 from contextlib import nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,6 @@ from ._engines import (
     backend_errors,
     complete_despite_cancellation,
     create_engine,
-    retry_transient,
     write_transaction,
 )
 from ._request import AcquireRequest, make_request, positive_int, resolve_job_identifier
@@ -437,7 +436,9 @@ class Inventory:
                 )
                 if record is not None:
                     return record
-                start = _highest(request.id_start, None if job.cursor is None else job.cursor + 1)
+                if job.exhausted:  # the cursor is at the highest 64-bit id
+                    return None
+                start = _highest(request.id_start, job.next_id)
                 if start is not None and upper is not None and start > upper:
                     return None
                 # A job source plans inside this transaction, where a conflict must reach
@@ -465,10 +466,7 @@ class Inventory:
                 )
 
         async with backend_errors(f"acquiring a batch of job {request.job_identifier!r}", backend.engine):
-            if backend.dialect == "sqlite":
-                record = await _take_despite_cancellation(retry_transient(take), backend)
-            else:
-                record = await retry_transient(take)
+            record = await backend.take(take)
         if record is None:
             return None
         batch = Batch(backend, record, source, request.lease_seconds)
@@ -508,39 +506,6 @@ async def _hand_back(batch: Batch, exc: BaseException) -> None:
             await batch.error(exc)
     except Exception:  # the original error is the one to report
         logger.exception("could not hand back batch %s", batch.id)
-
-
-async def _take_despite_cancellation(
-    take: Awaitable[BatchRecord | None], backend: Backend
-) -> BatchRecord | None:
-    """SQLite: let a cancelled acquisition's transaction end, then hand its batch back.
-
-    aiosqlite runs BEGIN IMMEDIATE in its own thread; cancelling the awaiting task
-    midway can leave that connection holding the database's write lock, and every
-    other writer would then wait out the busy timeout.
-    """
-    task = asyncio.ensure_future(take)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await complete_despite_cancellation(_release_taken(task, backend))
-        raise
-
-
-async def _release_taken(task: asyncio.Future[BatchRecord | None], backend: Backend) -> None:
-    try:
-        record = await task
-    except Exception:  # the acquisition failed on its own: nothing was taken
-        return
-    if record is not None:
-        await backend.finish(
-            record.id,
-            record.attempt,
-            succeeded=False,
-            result=None,
-            text="the acquisition was cancelled before the batch reached its worker",
-            refund_attempt=True,
-        )
 
 
 def _acquire_arguments(local_vars: dict[str, Any]) -> dict[str, Any]:
