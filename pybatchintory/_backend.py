@@ -193,7 +193,7 @@ class Backend:
         }
         row = (await conn.execute(self.sql.lock_job, params)).one()
         bound = SourceBinding(row.source_kind, row.source, row.id_column, row.filter_text)
-        if bound != binding:
+        if not binding.accepts(bound):
             raise JobSourceMismatchError(
                 f"job {job_identifier!r} is bound to {bound.describe()}, not to "
                 f"{binding.describe()}; use another job identifier for another source"

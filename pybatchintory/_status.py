@@ -76,7 +76,9 @@ async def table_source(
             item_columns=item_columns,
             filter=sa.text(stored) if use_stored else filter,
         )
-    if not use_stored and source.binding.filter_text != stored:
+    if not use_stored and not source.binding.accepts(
+        dataclasses.replace(source.binding, filter_text=stored)
+    ):
         given = source.binding.filter_text or "no filter"
         raise JobSourceMismatchError(
             f"job {job_row.job_identifier!r} was bound to filter "
