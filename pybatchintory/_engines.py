@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .config import Settings, hide_password, safe_url
+from .config import Settings, hide_password, redact, safe_url
 from .exceptions import BackendError, ConfigurationError
 
 __all__ = [
@@ -86,7 +86,8 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
     try:
         engine = create_async_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError) as exc:
-        raise ConfigurationError(f"cannot create an engine for {hide_password(dsn)}: {exc}") from None
+        message = redact(str(exc), url)
+        raise ConfigurationError(f"cannot create an engine for {hide_password(dsn)}: {message}") from None
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, settings, writer=writer)
     elif not writer:
@@ -294,7 +295,9 @@ async def backend_errors(what: str, engine: AsyncEngine) -> AsyncIterator[None]:
         yield
     except SQLAlchemyError as exc:
         where = safe_url(engine.url)
-        raise BackendError(f"{what} failed on {where}: {describe(exc)}") from exc
+        message = redact(describe(exc), engine.url)
+        raise BackendError(f"{what} failed on {where}: {message}") from exc
     except OSError as exc:  # connection refused before SQLAlchemy could wrap it
         where = safe_url(engine.url)
-        raise BackendError(f"{what} failed on {where}: {type(exc).__name__}: {exc}") from exc
+        message = redact(f"{type(exc).__name__}: {exc}", engine.url)
+        raise BackendError(f"{what} failed on {where}: {message}") from exc
