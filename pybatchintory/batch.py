@@ -104,6 +104,12 @@ class Batch:
 
     async def iter_item_chunks(self, chunk_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
         """Like :meth:`iter_items`, a list of up to ``chunk_size`` rows at a time."""
+        if self._backend.closed:
+            # Fix (issue 13, item 11): streaming reopened the disposed pool of a closed
+            # inventory, and that connection then stayed open.
+            raise InventoryNotOpenError(
+                f"the items of batch {self.id} cannot be read: its inventory was closed"
+            )
         async for chunk in self._source.stream(self.range_start, self.range_end, chunk_size):
             yield chunk
 
