@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import Settings, hide_password, redact, safe_url
-from .exceptions import BackendError, ConfigurationError
+from .exceptions import BackendError, ConfigurationError, InventoryFileGoneError
 
 __all__ = [
     "backend_errors",
@@ -95,8 +96,47 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
     return engine
 
 
+def _sqlite_file(url: URL) -> str | None:
+    """The absolute path of a file database, or None (in memory, or a URI)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return os.path.abspath(database)
+
+
+class _FileIdentity:
+    """Fix (issue 13, item 8): the inventory's SQLite file, as opened first (device and
+    inode). A file deleted while open took every later outcome with it, silently: each
+    connection and each transaction checks the path still names that file (one stat)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise InventoryFileGoneError(
+                f"the inventory's SQLite file {self.path} was deleted while the inventory "
+                "was open; nothing was written"
+            ) from None
+        current = (st.st_dev, st.st_ino)
+        if self.identity is None:
+            self.identity = current
+        elif current != self.identity:
+            raise InventoryFileGoneError(
+                f"the inventory's SQLite file {self.path} was replaced by another file while "
+                "the inventory was open; nothing was written"
+            )
+
+
 def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) -> None:
     busy_ms = int(settings.busy_timeout_seconds * 1000)
+    path = _sqlite_file(engine.url) if writer else None
+    file = _FileIdentity(path) if path is not None else None
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -111,11 +151,19 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) 
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+        if file is not None:
+            try:
+                file.check()  # the first connection records the file it created or found
+            except InventoryFileGoneError:
+                dbapi_connection.close()
+                raise
 
     if writer:
 
         @sa.event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
+            if file is not None:
+                file.check()
             mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
 
