@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._engines import backend_errors, read_connection, safe_write, write_transaction
+from ._engines import WriteGate, backend_errors, read_connection, safe_write, write_transaction
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, current_generation, lease_params
 from ._tables import BackendTables
@@ -76,6 +76,8 @@ class Backend:
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self.sql = build_statements(tables, self.dialect, insert)
         self.closed = False  # set by Inventory.close()
+        # SQLite: this process's writes one at a time, renewals and finishes first.
+        self.gate = WriteGate() if self.dialect == "sqlite" else None
 
     def _check_open(self, batch_id: int) -> None:
         if self.closed:
@@ -92,7 +94,7 @@ class Backend:
             if self.dialect == "postgresql":
                 await self._create_postgresql()
             else:
-                await safe_write(self._create_sqlite)
+                await safe_write(self._create_sqlite, gate=self.gate)
 
     async def _create_sqlite(self) -> None:
         async with write_transaction(self.engine) as conn:
@@ -165,7 +167,7 @@ class Backend:
         (:func:`safe_write`): if the caller is cancelled, the transaction still ends, and
         a batch it took is handed back without using up an attempt, before the
         cancellation goes on. Conflicts run the transaction again."""
-        return await safe_write(transaction, undo=self._hand_back_unreached)
+        return await safe_write(transaction, undo=self._hand_back_unreached, gate=self.gate)
 
     async def _hand_back_unreached(self, record: BatchRecord | None) -> None:
         if record is None:
@@ -325,7 +327,7 @@ class Backend:
                 return int(row.max_attempts)
 
         async with backend_errors(f"recording batch {batch_id} as {status}", self.engine):
-            return await safe_write(attempt_finish)
+            return await safe_write(attempt_finish, gate=self.gate, urgent=True)
 
     async def heartbeat(self, batch_id: int, attempt: int, lease_seconds: float) -> datetime:
         """Extend the lease of a running attempt; return the new expiry."""
@@ -344,7 +346,7 @@ class Backend:
                 return expires  # type: ignore[no-any-return]
 
         async with backend_errors(f"renewing the lease of batch {batch_id}", self.engine):
-            return await safe_write(attempt_renew)
+            return await safe_write(attempt_renew, gate=self.gate, urgent=True)
 
     def _single_write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """Where one statement does the whole write (PostgreSQL), it is atomic by itself:
@@ -374,7 +376,7 @@ class Backend:
                 return sorted(int(i) for i in result.scalars())
 
         async with backend_errors(f"re-queueing failed batches of job {job_identifier!r}", self.engine):
-            return await safe_write(requeue_all)
+            return await safe_write(requeue_all, gate=self.gate)
 
 
 def _lost(batch_id: int, attempt: int) -> BatchLostError:

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -29,6 +30,7 @@ __all__ = [
     "cursor_transaction",
     "read_connection",
     "retry_transient",
+    "WriteGate",
     "safe_write",
     "write_transaction",
 ]
@@ -45,6 +47,9 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 # 10 made acquisitions fail. Bound the loop by time instead, like a lock timeout.
 _RETRY_SECONDS = 30.0
 _MAX_BACKOFF_SECONDS = 0.5
+# SQLite: how long an acquisition waits in the busy handler before backing off (see
+# WriteGate); heartbeats and finishes wait the whole busy_timeout_seconds there.
+_ACQUIRE_BUSY_MS = 20
 # PostgreSQL engines created in autocommit mode (the metadata engine)
 _AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
@@ -164,7 +169,13 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) 
         def _on_begin(conn: sa.Connection) -> None:
             if file is not None:
                 file.check()
-            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            options = conn.get_execution_options()
+            wanted = options.get("sqlite_busy_ms") or busy_ms
+            info = conn.connection.info
+            if info.get("busy_ms", busy_ms) != wanted:  # set only on a change
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(wanted)}")
+                info["busy_ms"] = wanted
+            mode = options.get("sqlite_begin", "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
 
 
@@ -174,6 +185,7 @@ class _WriteProgress:
     safe (nothing can have been committed, and nothing is left held)."""
 
     interruptible: bool = False
+    urgent: bool = False
 
 
 _write_progress: ContextVar[_WriteProgress | None] = ContextVar(
@@ -192,7 +204,13 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         progress.interruptible = interruptible
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            # Writes that are not urgent (acquisitions) do not sit in SQLite's busy
+            # handler: they try for the lock briefly, then back off in retry_transient,
+            # so that renewals and finishes, waiting in the busy handler, get it first.
+            urgent = progress is None or progress.urgent
+            conn = await conn.execution_options(
+                sqlite_begin="IMMEDIATE", sqlite_busy_ms=None if urgent else _ACQUIRE_BUSY_MS
+            )
         async with conn.begin():
             yield conn
             if progress is not None:
@@ -274,9 +292,79 @@ async def complete_despite_cancellation(operation: Awaitable[T]) -> T:
     return result
 
 
+class WriteGate:
+    """SQLite: acquisitions of one process one at a time, and never while a renewal or a
+    finish of that process waits for the database.
+
+    Fix (issue 13, item 4): SQLite has one write lock, and a writer that finds it taken
+    polls for it with sleeps of up to 100 ms (the busy handler), in no order. Tasks
+    acquiring in a loop kept the lock busy, and lease renewals lost the race until their
+    leases ran out: live workers lost their batches. Here urgent writes (heartbeats,
+    finishes) pass at once and hold back this process's acquisitions until they are
+    done; acquisitions queue in arrival order, so that at most one of them per process
+    contends for the lock. Across processes, see ``_ACQUIRE_BUSY_MS``.
+    """
+
+    def __init__(self) -> None:
+        self._urgent = 0  # urgent writes in progress
+        self._busy = False  # an acquisition holds the gate
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _wake(self) -> None:
+        if self._urgent or self._busy:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._busy = True
+                waiter.set_result(None)
+                return
+
+    async def _enter(self) -> None:
+        if not self._urgent and not self._busy and not self._waiters:
+            self._busy = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._leave()  # handed over just as the cancellation came: pass it on
+            raise
+
+    def _leave(self) -> None:
+        self._busy = False
+        self._wake()
+
+    def gated(self, operation: Callable[[], Awaitable[T]], urgent: bool) -> Callable[[], Awaitable[T]]:
+        """``operation`` run under the gate (one try of it: the backoff between tries
+        of retry_transient holds nothing)."""
+
+        async def run_urgent() -> T:
+            self._urgent += 1
+            try:
+                return await operation()
+            finally:
+                self._urgent -= 1
+                self._wake()
+
+        async def run() -> T:
+            await self._enter()
+            try:
+                return await operation()
+            finally:
+                self._leave()
+
+        return run_urgent if urgent else run
+
+
 async def safe_write(
     operation: Callable[[], Awaitable[T]],
     undo: Callable[[T], Awaitable[None]] | None = None,
+    *,
+    gate: WriteGate | None = None,
+    urgent: bool = False,
 ) -> T:
     """The one path of every write to the backend tables: ``operation`` (one
     transaction, run again on transient conflicts by :func:`retry_transient`) is never
@@ -293,10 +381,15 @@ async def safe_write(
     One exception: a PostgreSQL transaction of :func:`write_transaction` that has not
     reached its COMMIT is cancelled with its caller (say, while it waits for a job's
     row lock): its rollback leaves nothing behind.
+
+    ``gate`` (SQLite): the process's :class:`WriteGate`, taken for each try;
+    ``urgent`` writes (heartbeats, finishes) go first.
     """
-    progress = _WriteProgress()
+    progress = _WriteProgress(urgent=urgent)
     token = _write_progress.set(progress)
     try:
+        if gate is not None:
+            operation = gate.gated(operation, urgent)
         task = asyncio.ensure_future(retry_transient(operation))  # copies the context
     finally:
         _write_progress.reset(token)
