@@ -111,8 +111,13 @@ class Backend:
                     await conn.execute(sa.schema.CreateSchema(schema, if_not_exists=True))
                 await conn.run_sync(self.tables.metadata.create_all)
                 await self._add_exclusion_constraint(conn)
-            finally:
-                await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_KEY)))
+            except BaseException:
+                # Fix (issue 13, item 12): unlocking on a connection that a cancellation
+                # or an error left broken raised PendingRollbackError, which replaced the
+                # real cause. Ending the session releases its advisory lock as well.
+                await conn.invalidate()
+                raise
+            await conn.execute(sa.select(sa.func.pg_advisory_unlock(_DDL_LOCK_KEY)))
 
     async def _add_exclusion_constraint(self, conn: AsyncConnection) -> None:
         """A database-level net under invariant 1, where btree_gist can be had."""
