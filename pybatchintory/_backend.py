@@ -14,7 +14,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._engines import WriteGate, backend_errors, read_connection, safe_write, write_transaction
+from ._engines import (
+    WriteGate,
+    backend_errors,
+    read_connection,
+    safe_write,
+    urgent_signal,
+    write_transaction,
+)
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, current_generation, lease_params
 from ._tables import BackendTables
@@ -77,7 +84,8 @@ class Backend:
         self.sql = build_statements(tables, self.dialect, insert)
         self.closed = False  # set by Inventory.close()
         # SQLite: this process's writes one at a time, renewals and finishes first.
-        self.gate = WriteGate() if self.dialect == "sqlite" else None
+        self.signal = urgent_signal(engine)
+        self.gate = WriteGate(self.signal) if self.dialect == "sqlite" else None
 
     def _check_open(self, batch_id: int) -> None:
         if self.closed:

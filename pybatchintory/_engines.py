@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
@@ -30,7 +35,9 @@ __all__ = [
     "cursor_transaction",
     "read_connection",
     "retry_transient",
+    "UrgentSignal",
     "WriteGate",
+    "urgent_signal",
     "safe_write",
     "write_transaction",
 ]
@@ -50,6 +57,8 @@ _MAX_BACKOFF_SECONDS = 0.5
 # SQLite: how long an acquisition waits in the busy handler before backing off (see
 # WriteGate); heartbeats and finishes wait the whole busy_timeout_seconds there.
 _ACQUIRE_BUSY_MS = 20
+# SQLite: how long an acquisition defers to urgent writes of other processes (UrgentSignal)
+_YIELD_SECONDS = 1.0
 # PostgreSQL engines created in autocommit mode (the metadata engine)
 _AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
@@ -136,6 +145,14 @@ class _FileIdentity:
                 f"the inventory's SQLite file {self.path} was replaced by another file while "
                 "the inventory was open; nothing was written"
             )
+
+
+def urgent_signal(engine: AsyncEngine) -> UrgentSignal | None:
+    """The cross-process urgent-write signal of a SQLite file database, or None."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = _sqlite_file(engine.url)
+    return UrgentSignal(f"{path}-pybi-urgent") if path is not None else None
 
 
 def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) -> None:
@@ -292,6 +309,76 @@ async def complete_despite_cancellation(operation: Awaitable[T]) -> T:
     return result
 
 
+class UrgentSignal:
+    """SQLite, across processes: "a renewal or finish waits for the write lock".
+
+    Urgent writers hold a shared flock on ``<database>-pybi-urgent`` while they wait and
+    write; an acquisition first probes for an exclusive one, and while it cannot have it
+    (an urgent write waits in some process) it backs off, for up to ``_YIELD_SECONDS``.
+    Best effort, never blocking: without fcntl (Windows) it does nothing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._held: int | None = None  # the fd of our shared lock
+        self._probe: int | None = None
+
+    def _open(self) -> int | None:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+
+    def raise_(self) -> None:
+        if fcntl is None or self._held is not None:
+            return
+        fd = self._open()
+        if fd is None:
+            return
+        for _ in range(3):  # a probe holds the exclusive lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            self._held = fd
+            return
+        os.close(fd)
+
+    def lower(self) -> None:
+        fd, self._held = self._held, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+    def _urgent_elsewhere(self) -> bool:
+        if fcntl is None:
+            return False
+        if self._probe is None:
+            self._probe = self._open()
+            if self._probe is None:
+                return False
+        try:
+            fcntl.flock(self._probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(self._probe, fcntl.LOCK_UN)
+        return False
+
+    async def yield_to_urgent(self) -> None:
+        deadline = anyio.current_time() + _YIELD_SECONDS
+        while self._urgent_elsewhere() and anyio.current_time() < deadline:
+            await anyio.sleep(0.002)
+
+    def close(self) -> None:
+        self.lower()
+        fd, self._probe = self._probe, None
+        if fd is not None:
+            os.close(fd)
+
+
 class WriteGate:
     """SQLite: acquisitions of one process one at a time, and never while a renewal or a
     finish of that process waits for the database.
@@ -305,7 +392,8 @@ class WriteGate:
     contends for the lock. Across processes, see ``_ACQUIRE_BUSY_MS``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signal: UrgentSignal | None = None) -> None:
+        self._signal = signal
         self._urgent = 0  # urgent writes in progress
         self._busy = False  # an acquisition holds the gate
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -343,15 +431,21 @@ class WriteGate:
 
         async def run_urgent() -> T:
             self._urgent += 1
+            if self._urgent == 1 and self._signal is not None:
+                self._signal.raise_()
             try:
                 return await operation()
             finally:
                 self._urgent -= 1
+                if self._urgent == 0 and self._signal is not None:
+                    self._signal.lower()
                 self._wake()
 
         async def run() -> T:
             await self._enter()
             try:
+                if self._signal is not None:
+                    await self._signal.yield_to_urgent()
                 return await operation()
             finally:
                 self._leave()

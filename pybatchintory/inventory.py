@@ -117,6 +117,8 @@ class Inventory:
         self._backend = self._meta_engine = None
         if backend is not None:
             backend.closed = True  # its batches must not reopen the disposed pool
+            if backend.signal is not None:
+                backend.signal.close()
         self._sources.clear()
         await complete_despite_cancellation(
             _dispose(backend.engine if backend is not None else None, meta)
