@@ -86,7 +86,9 @@ async def _worker_main(args: dict[str, Any]) -> dict[str, int]:
         "load_items": False,
     }
     rng = random.Random(args["index"])
-    settings = {"schema_name": args["schema"], "busy_timeout_seconds": 30}
+    settings: dict[str, Any] = {"schema_name": args["schema"], "busy_timeout_seconds": 30}
+    if args.get("isolation"):
+        settings["isolation_level"] = args["isolation"]
     async with Inventory(args["url"], args["url"], worker=f"soak-{args['index']}", **settings) as inv:
         # Every process ready (started, imported, open) before the clock starts.
         args["ready"].put(args["index"])
@@ -160,6 +162,7 @@ def run(
     lease: float = 1.0,
     url: str | None = None,
     items: int = 2_000_000,
+    isolation: str | None = None,
 ) -> dict[str, Any]:
     """Run the soak; return its figures (``reclaimed_from_live_workers`` must be 0)."""
     tmp = None
@@ -185,6 +188,7 @@ def run(
                     "lease": lease,
                     "deadline": shared_deadline,
                     "ready": ready,
+                    "isolation": isolation,
                 },
                 results,
             ),
@@ -198,6 +202,7 @@ def run(
     started = time.time()
     deadline = shared_deadline.value = started + seconds
     totals = {"held": 0, "hammered": 0, "lost": 0, "errors": 0}
+    per_process: list[int] = []  # batches finished by each process: the fairness
     finished = 0
     hard_stop = deadline + 30 + 10 * lease
     while finished < processes and time.time() < hard_stop:
@@ -206,6 +211,7 @@ def run(
         except Exception:  # queue.Empty: the hard stop passed
             break
         finished += 1
+        per_process.append(counts["held"] + counts["hammered"])
         for key, value in counts.items():
             totals[key] += value
     for p in procs:
@@ -219,7 +225,9 @@ def run(
         "holders_per_process": holders,
         "hammers_per_process": hammers,
         "lease_seconds": lease,
+        "isolation": isolation or "default",
         "processes_finished": finished,
+        "per_process": sorted(per_process),
         **totals,
         **asyncio.run(_reclaimed(url, schema)),
         "elapsed": round(time.time() - started, 1),
@@ -240,6 +248,9 @@ def main() -> None:
     parser.add_argument("--hammers", type=int, default=2, help="acquire-and-finish tasks per process")
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--url", default=None)
+    parser.add_argument(
+        "--isolation", choices=["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"], default=None
+    )
     args = parser.parse_args()
     figures = run(
         args.db,
@@ -249,6 +260,7 @@ def main() -> None:
         hammers=args.hammers,
         lease=args.lease,
         url=args.url,
+        isolation=args.isolation,
     )
     print(json.dumps(figures))
     sys.exit(0 if figures["reclaimed_from_live_workers"] == 0 and figures["lost"] == 0 else 1)
