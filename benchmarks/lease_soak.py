@@ -13,6 +13,14 @@ the figure must be zero.
 Loopback databases only: a SQLite file in a temporary directory, or a schema of its own
 on the PostgreSQL server of ``--url`` (default ``PYBATCHINTORY_TEST_PG_URL`` or the local
 ``pbi_lease`` database), dropped afterwards. Prints one JSON line.
+
+Figures of issue 13 (2 shared cores, load 3-7; 4 processes x (4 holders + 2 hammers),
+120 s): batches taken from live workers, before -> after the fix:
+SQLite 296 (of 16 732) -> 0 (of 7 884); PostgreSQL 6 (of 9 943) -> 0 (of 15 197).
+SQLite pays for the fairness in acquisitions: hammers only, 20 s, 3 039 -> 2 033
+batches (and 12 -> 0 lost), as acquisitions defer to other processes' renewals and
+finishes. Isolation, PostgreSQL, 2 processes x 2 hammers, 20 s: READ COMMITTED 2 787
+batches split 1 390 / 1 397; SERIALIZABLE 1 990 split 951 / 1 039 (40001 retries).
 """
 
 from __future__ import annotations
