@@ -9,9 +9,11 @@ expired, and a second worker took it at once.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import sqlalchemy as sa
 
+from pybatchintory import Batch, Inventory
 from tests.conftest import Db
 
 
@@ -34,7 +36,7 @@ async def _hold_the_job(db: Db, job: str, seconds: float, held: asyncio.Event) -
         await conn.rollback()
 
 
-async def _acquire_after_waiting(db: Db, inv, acquire: dict) -> object:  # type: ignore[no-untyped-def,type-arg]
+async def _acquire_after_waiting(db: Db, inv: Inventory, acquire: dict[str, Any]) -> Batch | None:
     held = asyncio.Event()
     holder = asyncio.ensure_future(_hold_the_job(db, "j", 2.0, held))
     await held.wait()
@@ -58,13 +60,13 @@ async def test_a_new_batch_granted_after_a_long_wait_is_not_born_expired(db: Db)
         await first.success()
 
         batch = await _acquire_after_waiting(db, inv, acquire)
-        assert batch is not None and batch.attempt == 1  # type: ignore[attr-defined]
+        assert batch is not None and batch.attempt == 1
         # Granted just now with a 1 s lease: nobody may take it over yet.
         again = await other.acquire_batch(**acquire)
         assert again is not None
-        assert again.id != batch.id, "the batch was born expired and handed out twice"  # type: ignore[attr-defined]
+        assert again.id != batch.id, "the batch was born expired and handed out twice"
         await again.success()
-        await batch.success()  # type: ignore[attr-defined]
+        await batch.success()
 
 
 async def test_a_reclaimed_batch_granted_after_a_long_wait_is_not_born_expired(db: Db) -> None:
@@ -77,12 +79,12 @@ async def test_a_reclaimed_batch_granted_after_a_long_wait_is_not_born_expired(d
 
         batch = await _acquire_after_waiting(db, inv, acquire)
         assert batch is not None
-        assert (batch.id, batch.attempt) == (abandoned.id, 2)  # type: ignore[attr-defined]
+        assert (batch.id, batch.attempt) == (abandoned.id, 2)
         again = await other.acquire_batch(**acquire)
         assert again is not None
-        assert again.id != batch.id, "the reclaimed batch was born expired"  # type: ignore[attr-defined]
+        assert again.id != batch.id, "the reclaimed batch was born expired"
         await again.success()
-        await batch.success()  # type: ignore[attr-defined]
+        await batch.success()
 
 
 async def test_a_heartbeat_extends_the_lease_from_the_moment_it_runs(db: Db) -> None:
