@@ -98,5 +98,5 @@ async def test_a_heartbeat_extends_the_lease_from_the_moment_it_runs(db: Db) -> 
             if db.kind == "postgresql"
             else "SELECT (julianday(lease_expires_at) - julianday('now')) * 86400 FROM inventory"
         )
-        assert 4.0 < float(delta) <= 5.0
+        assert 4.0 < float(delta) <= 5.01  # (julianday arithmetic rounds)
         await batch.success()
