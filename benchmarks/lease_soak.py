@@ -92,6 +92,8 @@ async def _worker_main(args: dict[str, Any]) -> dict[str, int]:
         "weight": 10,
         "lease_seconds": args["lease"],
         "load_items": False,
+        # the soak's table takes explicit ids (no sequence): the exact horizon would refuse it
+        "horizon": None,
     }
     rng = random.Random(args["index"])
     settings: dict[str, Any] = {"schema_name": args["schema"], "busy_timeout_seconds": 30}
