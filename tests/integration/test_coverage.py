@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pybatchintory import Inventory, InvalidArgumentError, Job
+from pybatchintory import InvalidArgumentError, Inventory, Job
 from tests.conftest import Db
 from tests.integration.test_cli import cli, ok_json
 
