@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anyio
 import pytest
 
-from pybatchintory import InvalidArgumentError, Inventory, Job
+from pybatchintory import (
+    Coverage,
+    CoverageDiff,
+    InvalidArgumentError,
+    Inventory,
+    Job,
+    SyncInventory,
+)
 from tests.conftest import Db
 from tests.integration.test_cli import cli, ok_json
 
@@ -240,3 +248,27 @@ async def test_plan_cli_and_edges(db: Db) -> None:
     assert await _inventory_rows(db) == before
     text = await cli(db, "plan", "convert")
     assert text.returncode == 0 and "3..4" in text.stdout, text.stderr
+
+
+async def test_sync_face(db: Db) -> None:
+    table = await db.create_meta(weights=[1] * 6)
+
+    def scenario() -> None:
+        with SyncInventory(**db.settings()) as inv:
+            job = Job("j", source_table=table, weight=2)
+            batch = inv.acquire_batch(job, load_items=False)
+            assert batch is not None
+            batch.success()
+            assert isinstance(inv.coverage("j"), Coverage)
+            assert [(s.state, s.range_start, s.range_end) for s in inv.coverage("j").segments] == [
+                ("succeeded", 1, 2), ("not_taken", 3, 6)
+            ]
+            assert [(p.range_start, p.range_end) for p in inv.plan("j", next=2)] == [(3, 4), (5, 6)]
+            other = inv.acquire_batch(Job("k", source_table=table, weight=4), load_items=False)
+            assert other is not None
+            other.success()
+            diff = inv.coverage_diff("j", "k")
+            assert isinstance(diff, CoverageDiff) and not diff.only_a
+            assert [(s.range_start, s.range_end) for s in diff.only_b] == [(3, 4)]
+
+    await anyio.to_thread.run_sync(scenario)
