@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from ._reports import Coverage, CoverageDiff, CoverageSegment, DiffSegment
 from ._storage import Storage
-from .exceptions import BackendError, InvalidArgumentError
+from .exceptions import BackendError, InvalidArgumentError, UnknownTableError
 from .job import Job
 
 __all__ = ["STATES", "coverage_diff", "job_coverage"]
@@ -119,12 +119,12 @@ async def _window(
     hi = _check_id(id_end, "id_end")
     lo = job.id_start if lo is None else lo
     hi = job.id_end if hi is None else hi
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidArgumentError(f"id_start ({lo}) is greater than id_end ({hi})")
     if lo is None or hi is None:
         low, high = await _extent(store, job, row, generation)
         lo = low if lo is None else lo
         hi = high if hi is None else hi
-    if lo is not None and hi is not None and lo > hi:
-        raise InvalidArgumentError(f"id_start ({lo}) is greater than id_end ({hi})")
     return lo, hi
 
 
@@ -154,8 +154,8 @@ async def _extent(
                 low, high = (await conn.execute(ids)).one()
         lows += [] if low is None else [int(low)]
         highs += [] if high is None else [int(high)]
-    except BackendError:
-        pass  # the job's batches still bound what it covered
+    except (BackendError, UnknownTableError):
+        pass  # the source is unreachable or gone: the job's batches still bound its ids
     if row is not None:
         mine = sa.select(b.c.range_start, b.c.range_end).where(
             b.c.job_identifier == job.job_identifier, b.c.generation == generation
@@ -174,7 +174,8 @@ async def _coverage(
 ) -> Coverage:
     name = job.job_identifier
     cursor = None if row is None else row.cursor
-    if lo is None or hi is None:
+    if lo is None or hi is None or lo > hi:
+        # No id at all, or a window that starts past the source's highest id
         return Coverage(name, generation, cursor, lo, hi, ())
     rows: Sequence[Any] = []
     if row is not None:

@@ -285,7 +285,7 @@ def _range(start: int, end: int) -> str:
 
 def _coverage_text(c: Any) -> str:
     if not c.segments:
-        return f"job {c.job_identifier}: no ids to cover (its source and batches are empty)"
+        return f"job {c.job_identifier}: no ids to cover (its source and batches have none in its window)"
     head = (
         f"job {c.job_identifier}, generation {c.generation}, cursor {_cell(c.cursor)}, "
         f"ids {_range(c.id_start, c.id_end)}"

@@ -112,6 +112,9 @@ async def test_coverage_after_reset_and_of_an_empty_job(db: Db) -> None:
         # A Job never acquired: all of its source is still to take.
         fresh = await inv.coverage(Job("fresh", source_table=table))
         assert (_segments(fresh), fresh.cursor) == ([("not_taken", 1, 6, 0)], None)
+        # A window past the source's highest id: nothing to map, not an error.
+        beyond = await inv.coverage(Job("fresh", source_table=table, id_start=100))
+        assert (beyond.id_start, beyond.id_end, beyond.segments) == (100, 6, ())
 
 
 async def test_coverage_diff(db: Db) -> None:
