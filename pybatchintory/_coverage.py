@@ -190,7 +190,9 @@ async def _coverage(
             b.c.weight,
         ).where(b.c.job_identifier == name, b.c.generation == generation)
         # The window's batches by range_start, plus at most one starting before the
-        # window and reaching into it (ranges are disjoint within a generation).
+        # window and reaching into it (ranges are disjoint within a generation). Both
+        # walk the (job_identifier, range_start) index; other generations' batches in
+        # the way are skipped, never the items.
         inside = batch.where(b.c.range_start >= lo, b.c.range_start <= hi).order_by(b.c.range_start)
         before = (
             batch.where(b.c.range_start < lo, b.c.range_end >= lo)

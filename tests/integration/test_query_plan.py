@@ -181,3 +181,39 @@ async def test_sqlite_reclaim_and_planning_use_indexes_not_scans(db: Db) -> None
             steps = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {pages[0][0]}", pages[0][1])).all()
         detail = " ".join(str(step[-1]) for step in steps)
         assert "USING INTEGER PRIMARY KEY" in detail or "USING INDEX" in detail, detail
+
+
+async def test_coverage_reads_the_batches_in_its_window_only(pg_only: Db) -> None:
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 10)
+    async with db.inventory() as inv:
+        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=10)
+        assert batch is not None
+        await batch.success()
+        # 20,000 succeeded batches of ten ids each after the table's ids, and as many of
+        # an earlier generation over the same ids (a reset's history).
+        async with db.engine.begin() as conn:
+            for generation in (0, 1):
+                await conn.execute(sa.text(
+                    f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
+                    "processing_start, processing_end, range_start, range_end, weight, "
+                    "item_count, attempt, max_attempts, status) SELECT 'j', :gen, now(), now(), "
+                    "10 * g + 1, 10 * g + 10, 10, 10, 1, 3, 'succeeded' "
+                    "FROM generate_series(1, 20000) g"
+                ), {"gen": generation})
+            await conn.execute(sa.text(f'ANALYZE "{db.schema}".inventory'))
+        with Captured(inv.inventory_engine) as captured:
+            coverage = await inv.coverage("j", id_start=100_005, id_end=100_104)
+        assert [(s.state, s.range_start, s.range_end, s.batches) for s in coverage.segments] == [
+            ("succeeded", 100_005, 100_104, 11)
+        ]
+        reads = captured.matching("range_start", "ORDER BY")
+        assert len(reads) == 2  # the batch reaching into the window, and those inside it
+        for statement, parameters in reads:
+            plan = await _explain(inv.inventory_engine, statement, parameters)
+            scans = _scans_of(plan, "inventory")
+            assert scans, json.dumps(plan)[:2000]
+            for scan in scans:
+                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
+                # both generations' batches in the window, not the job's 40,000
+                assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 30, json.dumps(plan)[:2000]
