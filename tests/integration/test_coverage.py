@@ -198,9 +198,11 @@ async def test_plan_takes_nothing_and_matches_the_next_acquisitions(db: Db) -> N
     async with db.inventory() as inv:
         job = Job("plan_job", source_table=table, weight=3, max_attempts=3)
         failed = await inv.acquire_batch(job, load_items=False)
-        expiring = await inv.acquire_batch(job, lease_seconds=0.05, load_items=False)
         done = await inv.acquire_batch(job, load_items=False)
+        # taken last: an acquisition after its lease ran out would take it again
+        expiring = await inv.acquire_batch(job, lease_seconds=0.05, load_items=False)
         assert failed and expiring and done
+        assert (failed.range_end + 1, done.range_end + 1) == (done.range_start, expiring.range_start)
         await failed.error("flaky")
         await done.success()
         await asyncio.sleep(0.3)  # the second batch's lease runs out
