@@ -1,5 +1,6 @@
 """The ``pybatchintory`` command: create the tables, list jobs, show status, trace an
-item, map a job's coverage, plan its next batches, re-queue failed batches, reset a job, check and upgrade the tables' schema.
+item, map a job's coverage, plan its next batches, re-queue failed batches, reset a
+job, check and upgrade the tables' schema.
 
 Configured like the library (``PYBATCHINTORY_*`` variables, ``.env``), with
 ``--inventory-url`` and ``--meta-url`` on top. Tables for people, ``--json`` for
