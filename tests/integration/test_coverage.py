@@ -277,3 +277,26 @@ async def test_sync_face(db: Db) -> None:
             assert [(s.range_start, s.range_end) for s in diff.only_b] == [(3, 4)]
 
     await anyio.to_thread.run_sync(scenario)
+
+
+async def test_coverage_and_plan_of_a_downstream_job(db: Db) -> None:
+    table = await db.create_meta(weights=[1] * 6)
+    async with db.inventory() as inv:
+        up = Job("up", source_table=table, weight=2)
+        ups = [b async for b in inv.acquire_batches(up, load_items=False)]
+        for batch in ups:
+            await batch.success()
+        down = Job("down", source_job="up", weight=4)  # two upstream batches of weight 2
+        first = await inv.acquire_batch(down, load_items=False)
+        assert first is not None
+        await first.success()
+        # The downstream's ids are the upstream's batch ids.
+        ids = [b.id for b in ups]
+        assert _segments(await inv.coverage("down")) == [
+            ("succeeded", ids[0], ids[1], 1),
+            ("not_taken", ids[2], ids[2], 0),
+        ]
+        planned = await inv.plan("down")
+        assert [(p.kind, p.range_start, p.range_end, p.item_count) for p in planned] == [
+            ("new", ids[2], ids[2], 1)
+        ]
