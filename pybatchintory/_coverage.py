@@ -212,7 +212,11 @@ def _segments(rows: Sequence[Any], lo: int, hi: int) -> list[CoverageSegment]:
         last = out[-1] if out else None
         if last is not None and last.state == state and last.range_end + 1 == start:
             out[-1] = CoverageSegment(
-                state, last.range_start, end, last.batches + batches, last.items + items,
+                state,
+                last.range_start,
+                end,
+                last.batches + batches,
+                last.items + items,
                 last.weight + weight,
             )
         else:

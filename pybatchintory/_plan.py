@@ -49,7 +49,11 @@ async def plan_batches(store: Storage, job: Job | str, count: int) -> list[Plann
                 f"{source.binding.describe()}; use another job identifier for another source"
             )
     cursor = None if row is None else row.cursor
-    starts = [v for v in (definition.id_start, None if cursor is None else cursor + 1) if v is not None]
+    if cursor is not None and cursor >= _HIGHEST:
+        return planned  # the cursor is at the highest 64-bit id: no id after it
+    starts = [
+        v for v in (definition.id_start, None if cursor is None else cursor + 1) if v is not None
+    ]
     start = max(starts, default=_LOWEST)
     upper = definition.id_end
     while len(planned) < wanted and (upper is None or start <= upper):
@@ -57,8 +61,12 @@ async def plan_batches(store: Storage, job: Job | str, count: int) -> list[Plann
         if plan is None:
             break
         planned.append(
-            PlannedBatch("new", None, plan.range_start, plan.range_end, plan.item_count, plan.weight, 1)
+            PlannedBatch(
+                "new", None, plan.range_start, plan.range_end, plan.item_count, plan.weight, 1
+            )
         )
+        if plan.range_end >= _HIGHEST:
+            break
         start = plan.range_end + 1
     return planned
 
@@ -76,7 +84,13 @@ async def _reclaimable(store: Storage, job: Job, row: Any, count: int) -> list[P
     retryable = sa.and_(b.c.status == "failed", b.c.attempt < b.c.max_attempts)
     query = (
         sa.select(
-            b.c.id, b.c.status, b.c.range_start, b.c.range_end, b.c.item_count, b.c.weight, b.c.attempt
+            b.c.id,
+            b.c.status,
+            b.c.range_start,
+            b.c.range_end,
+            b.c.item_count,
+            b.c.weight,
+            b.c.attempt,
         )
         .where(
             b.c.job_identifier == job.job_identifier,

@@ -37,7 +37,12 @@ async def _mixed_job(inv: Inventory, table: str) -> Job:
     f = await inv.acquire_batch(job, load_items=False)  # stores the plain definition again
     assert a and b and c and d and e and f
     assert [(x.range_start, x.range_end) for x in (a, b, c, d, e, f)] == [
-        (1, 2), (3, 4), (5, 6), (7, 8), (11, 12), (13, 14)
+        (1, 2),
+        (3, 4),
+        (5, 6),
+        (7, 8),
+        (11, 12),
+        (13, 14),
     ]
     await a.success()
     await b.error("flaky")
@@ -64,7 +69,12 @@ async def test_coverage_segments(db: Db) -> None:
         job = await _mixed_job(inv, table)
         by_name = await inv.coverage("convert")
         assert _segments(by_name) == MIXED
-        assert (by_name.id_start, by_name.id_end, by_name.cursor, by_name.generation) == (1, 20, 14, 0)
+        assert (by_name.id_start, by_name.id_end, by_name.cursor, by_name.generation) == (
+            1,
+            20,
+            14,
+            0,
+        )
         assert _segments(await inv.coverage(job)) == MIXED
         succeeded = [s for s in by_name.segments if s.state == "succeeded"]
         assert [(s.items, s.weight) for s in succeeded] == [(2, 2.0), (4, 4.0)]
@@ -87,7 +97,10 @@ async def test_coverage_segments(db: Db) -> None:
         # The job's own window is the default.
         windowed = Job("convert", source_table=table, weight=2, id_start=3, id_end=9)
         assert [s.state for s in (await inv.coverage(windowed)).segments] == [
-            "retry_wait", "out_of_attempts", "running", "not_taken"
+            "retry_wait",
+            "out_of_attempts",
+            "running",
+            "not_taken",
         ]
 
         with pytest.raises(InvalidArgumentError, match="no job 'nope'"):
@@ -152,7 +165,9 @@ async def test_coverage_cli_json(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 20)
     async with db.inventory() as inv:
         await _mixed_job(inv, table)
-        other = await inv.acquire_batch(Job("other", source_table=table, weight=4), load_items=False)
+        other = await inv.acquire_batch(
+            Job("other", source_table=table, weight=4), load_items=False
+        )
         assert other is not None
         await other.success()
 
@@ -163,9 +178,21 @@ async def test_coverage_cli_json(db: Db) -> None:
         cli(db, "coverage", "convert", "--id-start", "9", "--id-end", "3"),
     )
     value = ok_json(coverage)
-    assert sorted(value) == ["cursor", "generation", "id_end", "id_start", "job_identifier", "segments"]
+    assert sorted(value) == [
+        "cursor",
+        "generation",
+        "id_end",
+        "id_start",
+        "job_identifier",
+        "segments",
+    ]
     assert value["segments"][0] == {
-        "state": "succeeded", "range_start": 1, "range_end": 2, "batches": 1, "items": 2, "weight": 2.0
+        "state": "succeeded",
+        "range_start": 1,
+        "range_end": 2,
+        "batches": 1,
+        "items": 2,
+        "weight": 2.0,
     }
     assert [(s["state"], s["range_start"], s["range_end"]) for s in value["segments"]] == [
         (state, start, end) for state, start, end, _ in MIXED
@@ -202,7 +229,10 @@ async def test_plan_takes_nothing_and_matches_the_next_acquisitions(db: Db) -> N
         # taken last: an acquisition after its lease ran out would take it again
         expiring = await inv.acquire_batch(job, lease_seconds=0.05, load_items=False)
         assert failed and expiring and done
-        assert (failed.range_end + 1, done.range_end + 1) == (done.range_start, expiring.range_start)
+        assert (failed.range_end + 1, done.range_end + 1) == (
+            done.range_start,
+            expiring.range_start,
+        )
         await failed.error("flaky")
         await done.success()
         await asyncio.sleep(0.3)  # the second batch's lease runs out
@@ -232,23 +262,40 @@ async def test_plan_cli_and_edges(db: Db) -> None:
         # A Job never acquired plans from its window's start.
         fresh = await inv.plan(Job("fresh", source_table=table, weight=2, id_start=2), next=10)
         assert [(p.kind, p.range_start, p.range_end) for p in fresh] == [
-            ("new", 2, 3), ("new", 4, 5)
+            ("new", 2, 3),
+            ("new", 4, 5),
         ]
         with pytest.raises(InvalidArgumentError, match="no job 'nope'"):
             await inv.plan("nope")
         with pytest.raises(InvalidArgumentError, match="next"):
             await inv.plan(Job("fresh", source_table=table), next=0)
-        batch = await inv.acquire_batch(Job("convert", source_table=table, weight=2), load_items=False)
+        batch = await inv.acquire_batch(
+            Job("convert", source_table=table, weight=2), load_items=False
+        )
         assert batch is not None
         await batch.success()
 
     before = await _inventory_rows(db)
     result = await cli(db, "plan", "convert", "--next", "3", "--json")
     assert ok_json(result) == [
-        {"kind": "new", "batch_id": None, "range_start": 3, "range_end": 4, "item_count": 2,
-         "weight": 2.0, "attempt": 1},
-        {"kind": "new", "batch_id": None, "range_start": 5, "range_end": 5, "item_count": 1,
-         "weight": 1.0, "attempt": 1},
+        {
+            "kind": "new",
+            "batch_id": None,
+            "range_start": 3,
+            "range_end": 4,
+            "item_count": 2,
+            "weight": 2.0,
+            "attempt": 1,
+        },
+        {
+            "kind": "new",
+            "batch_id": None,
+            "range_start": 5,
+            "range_end": 5,
+            "item_count": 1,
+            "weight": 1.0,
+            "attempt": 1,
+        },
     ]
     assert await _inventory_rows(db) == before
     text = await cli(db, "plan", "convert")
@@ -266,7 +313,8 @@ async def test_sync_face(db: Db) -> None:
             batch.success()
             assert isinstance(inv.coverage("j"), Coverage)
             assert [(s.state, s.range_start, s.range_end) for s in inv.coverage("j").segments] == [
-                ("succeeded", 1, 2), ("not_taken", 3, 6)
+                ("succeeded", 1, 2),
+                ("not_taken", 3, 6),
             ]
             assert [(p.range_start, p.range_end) for p in inv.plan("j", next=2)] == [(3, 4), (5, 6)]
             other = inv.acquire_batch(Job("k", source_table=table, weight=4), load_items=False)
