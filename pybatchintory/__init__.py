@@ -8,7 +8,19 @@ and :func:`configure`. Errors: :mod:`pybatchintory.exceptions`.
 
 import logging
 
-from ._reports import AttemptLog, Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+from ._reports import (
+    AttemptLog,
+    Backlog,
+    Coverage,
+    CoverageDiff,
+    CoverageSegment,
+    DiffSegment,
+    JobStatus,
+    JobSummary,
+    PlannedBatch,
+    ResetResult,
+    TraceEntry,
+)
 from .batch import Batch
 from .config import Settings
 from .exceptions import (
@@ -52,6 +64,10 @@ __all__ = [
     "BatchLostError",
     "BatchStateError",
     "ConfigurationError",
+    "Coverage",
+    "CoverageDiff",
+    "CoverageSegment",
+    "DiffSegment",
     "HorizonUnavailableError",
     "InvalidArgumentError",
     "InvalidFilterError",
@@ -63,6 +79,7 @@ __all__ = [
     "JobSourceMismatchError",
     "JobStatus",
     "JobSummary",
+    "PlannedBatch",
     "PyBatchintoryError",
     "ResetResult",
     "SchemaVersionError",

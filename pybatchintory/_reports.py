@@ -183,3 +183,78 @@ class ResetResult(_AsDict):
     generation: int
     carried: tuple[int, ...]
     superseded: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CoverageSegment(_AsDict):
+    """Consecutive ids of a job's window in one state.
+
+    ``state``: ``succeeded``, ``running``, ``retry_wait`` (failed, attempts left: the
+    next acquisition takes it again), ``out_of_attempts`` (failed for good until
+    ``retry``) or ``not_taken`` (no batch of the generation covers these ids: after the
+    cursor, or a gap below it). ``batches``, ``items`` and ``weight`` sum the batches
+    in the segment (0 for ``not_taken``)."""
+
+    state: str
+    range_start: int
+    range_end: int
+    batches: int
+    items: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Coverage(_AsDict):
+    """A job's id window as range-compressed segments, each id in exactly one state.
+
+    ``id_start``/``id_end`` is the window covered (None when the job and its source have
+    no id at all); ``segments`` cover it without gap, in id order, adjacent segments
+    never in the same state."""
+
+    job_identifier: str
+    generation: int
+    cursor: int | None
+    id_start: int | None
+    id_end: int | None
+    segments: tuple[CoverageSegment, ...]
+
+
+@dataclass(frozen=True)
+class DiffSegment(_AsDict):
+    """Ids one job succeeded on and the other has not: ``other_state`` is the other
+    job's state there (see :class:`CoverageSegment`)."""
+
+    range_start: int
+    range_end: int
+    other_state: str
+
+
+@dataclass(frozen=True)
+class CoverageDiff(_AsDict):
+    """Two jobs over one source, compared on one window: ``only_a`` the ids that job
+    ``a`` succeeded on and ``b`` has not, ``only_b`` the reverse."""
+
+    a: str
+    b: str
+    id_start: int | None
+    id_end: int | None
+    only_a: tuple[DiffSegment, ...]
+    only_b: tuple[DiffSegment, ...]
+
+
+@dataclass(frozen=True)
+class PlannedBatch(_AsDict):
+    """A batch the next acquisition would hand out (nothing is taken).
+
+    ``kind``: ``retry`` (a failed batch with attempts left), ``expired`` (a running
+    batch whose lease ran out) or ``new`` (a range planned after the cursor, with the
+    job's budget). ``batch_id`` is None for a new range; ``attempt`` is the attempt it
+    would be."""
+
+    kind: str
+    batch_id: int | None
+    range_start: int
+    range_end: int
+    item_count: int
+    weight: float
+    attempt: int

@@ -94,6 +94,25 @@ class Storage:
         job, kind = job_from_definition(name, row.definition)
         return StoredJob(row, job, kind)
 
+    async def job_of(self, job: Job | str) -> tuple[Job, Any | None, str]:
+        """The Job behind ``job`` (a Job, or the name of a stored one), its row (None for
+        a Job never acquired) and its filter's kind (see :class:`StoredJob`).
+
+        A name needs a stored definition: InvalidArgumentError when there is none."""
+        if isinstance(job, Job):
+            jobs = self.tables.jobs
+            query = sa.select(jobs).where(jobs.c.job_identifier == job.job_identifier)
+            async with self.reading(f"reading job {job.job_identifier!r}") as conn:
+                row = (await conn.execute(query)).first()
+            return job, row, "none" if job.filter is None else "given"
+        stored = await self.stored_job(job)
+        if stored.job is None:
+            raise InvalidArgumentError(
+                f"job {job!r} has no stored definition (it was last acquired by "
+                "pybatchintory 0.1): pass the Job, or acquire once with this version"
+            )
+        return stored.job, stored.row, stored.filter_kind
+
     async def source(self, job: Job) -> Source:
         """The job's source, reflected once and cached with its filter."""
         key = _source_key(job)

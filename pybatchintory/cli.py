@@ -1,5 +1,6 @@
 """The ``pybatchintory`` command: create the tables, list jobs, show status, trace an
-item, re-queue failed batches, reset a job, check and upgrade the tables' schema.
+item, map a job's coverage, plan its next batches, re-queue failed batches, reset a
+job, check and upgrade the tables' schema.
 
 Configured like the library (``PYBATCHINTORY_*`` variables, ``.env``), with
 ``--inventory-url`` and ``--meta-url`` on top. Tables for people, ``--json`` for
@@ -24,7 +25,7 @@ from . import _migrations
 from ._engines import create_engine
 from ._tables import build_tables
 from .config import Settings, hide_password
-from .exceptions import BackendError, PyBatchintoryError
+from .exceptions import BackendError, InvalidArgumentError, PyBatchintoryError
 from .inventory import Inventory
 
 __all__ = ["main"]
@@ -68,6 +69,28 @@ def _item_id(value: str) -> int:
     return number
 
 
+def _generation(value: str) -> int:
+    """An argparse type: a generation number (>= 0)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a generation number: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"a generation is >= 0, not {value}")
+    return number
+
+
+def _count(value: str) -> int:
+    """An argparse type: a count of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {value!r}") from None
+    if not 1 <= number <= 10_000:
+        raise argparse.ArgumentTypeError(f"a count from 1 to 10,000, not {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pybatchintory`` command."""
     common = _common()
@@ -90,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace = commands.add_parser("trace", parents=[common], help="every batch that covered an item")
     trace.add_argument("table", help="the metadata table ('table' or 'schema.table')")
     trace.add_argument("id", type=_item_id, help="the item's id")
+    coverage = commands.add_parser(
+        "coverage", parents=[common], help="a job's ids as segments: succeeded, running, retry_wait, out_of_attempts, not_taken"
+    )
+    coverage.add_argument("job")
+    coverage.add_argument("--id-start", type=_item_id, help="from this id (default: the job's window, else its source's lowest id)")
+    coverage.add_argument("--id-end", type=_item_id, help="up to this id (default: the job's window, else its source's highest id)")
+    coverage.add_argument("--generation", type=_generation, help="this generation (default: the current one)")
+    coverage.add_argument("--versus", metavar="JOB", help="compare with another job over the same source")
+    plan = commands.add_parser("plan", parents=[common], help="the next batches an acquisition would take, taking nothing")
+    plan.add_argument("job")
+    plan.add_argument("--next", type=_count, default=5, help="how many batches (default: 5)")
     retry = commands.add_parser("retry", parents=[common], help="give failed batches one more attempt")
     retry.add_argument("job")
     retry.add_argument("--batch", type=_item_id, help="only this batch id")
@@ -246,6 +280,46 @@ def _trace_text(entries: Sequence[Any]) -> str:
     return "\n".join(lines)
 
 
+def _range(start: int, end: int) -> str:
+    return f"{start:,}" if start == end else f"{start:,}..{end:,}"
+
+
+def _coverage_text(c: Any) -> str:
+    if not c.segments:
+        return f"job {c.job_identifier}: no ids to cover (its source and batches have none in its window)"
+    head = (
+        f"job {c.job_identifier}, generation {c.generation}, cursor {_cell(c.cursor)}, "
+        f"ids {_range(c.id_start, c.id_end)}"
+    )
+    rows = [
+        (_range(s.range_start, s.range_end), s.state, s.batches or "-", s.items or "-")
+        for s in c.segments
+    ]
+    return head + "\n" + _table(["ids", "state", "batches", "items"], rows)
+
+
+def _diff_text(d: Any) -> str:
+    window = "no ids" if d.id_start is None else f"ids {_range(d.id_start, d.id_end)}"
+    lines = [f"{d.a} versus {d.b}, {window}"]
+    for mine, other, segments in ((d.a, d.b, d.only_a), (d.b, d.a, d.only_b)):
+        if not segments:
+            lines.append(f"{mine} succeeded nowhere that {other} has not")
+            continue
+        lines.append(f"{mine} succeeded, {other} has not:")
+        lines += [f"  {_range(s.range_start, s.range_end)}  ({other}: {s.other_state})" for s in segments]
+    return "\n".join(lines)
+
+
+def _plan_text(job: str, planned: Sequence[Any]) -> str:
+    if not planned:
+        return f"job {job}: nothing to hand out"
+    rows = [
+        (p.kind, p.batch_id, _range(p.range_start, p.range_end), p.item_count, p.weight, p.attempt)
+        for p in planned
+    ]
+    return _table(["kind", "batch", "ids", "items", "weight", "attempt"], rows)
+
+
 def _version(value: int | None) -> str:
     return "none (no tables)" if value is None else str(value)
 
@@ -338,6 +412,19 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
         if args.command == "trace":
             entries = await inventory.trace(args.table, args.id)
             return [e.as_dict() for e in entries], _trace_text(entries)
+        if args.command == "coverage":
+            if args.versus is not None:
+                if args.generation is not None:
+                    raise InvalidArgumentError("--generation and --versus cannot be combined: a comparison is of current generations")
+                diff = await inventory.coverage_diff(args.job, args.versus, id_start=args.id_start, id_end=args.id_end)
+                return diff.as_dict(), _diff_text(diff)
+            cov = await inventory.coverage(
+                args.job, id_start=args.id_start, id_end=args.id_end, generation=args.generation
+            )
+            return cov.as_dict(), _coverage_text(cov)
+        if args.command == "plan":
+            planned = await inventory.plan(args.job, args.next)
+            return [p.as_dict() for p in planned], _plan_text(args.job, planned)
         if args.command == "retry":
             ids = await inventory.retry(args.job, args.batch)
             if ids:

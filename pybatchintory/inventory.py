@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
 from ._backend import Backend, BatchRecord
+from ._coverage import coverage_diff, job_coverage
 from ._engines import (
     backend_errors,
     complete_despite_cancellation,
@@ -22,7 +23,17 @@ from ._engines import (
     write_transaction,
 )
 from ._idle import frontier_reason, nothing_new_reason, window_reason
-from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+from ._plan import plan_batches
+from ._reports import (
+    Backlog,
+    Coverage,
+    CoverageDiff,
+    JobStatus,
+    JobSummary,
+    PlannedBatch,
+    ResetResult,
+    TraceEntry,
+)
 from ._reset import reset_job
 from ._source import Source
 from ._status import backlog_of, batch_ranges, job_status, list_jobs
@@ -247,6 +258,50 @@ class Inventory:
         its attempts and log lines, then the batches of downstream jobs that consumed
         those batches. Index lookups only: fast whatever the inventory's size."""
         return await trace_item(self.storage, source_table, item_id)
+
+    async def coverage(
+        self,
+        job: Job | str,
+        *,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        generation: int | None = None,
+    ) -> Coverage:
+        """The job's id window as range-compressed segments, each id in one state:
+        succeeded, running, retry_wait (failed, attempts left), out_of_attempts, or
+        not_taken (no batch: after the cursor, or a gap). See :class:`Coverage`.
+
+        ``job`` is a :class:`Job` or the name of a stored one. The window defaults to the
+        job's own (``id_start``/``id_end``), else from the lowest to the highest id of its
+        source and batches; ``generation`` defaults to the current one. One ordered scan
+        of the job's batches in the window: the cost follows their number, not the
+        number of items."""
+        return await job_coverage(
+            self.storage, job, id_start=id_start, id_end=id_end, generation=generation
+        )
+
+    async def coverage_diff(
+        self,
+        a: Job | str,
+        b: Job | str,
+        *,
+        id_start: int | None = None,
+        id_end: int | None = None,
+    ) -> CoverageDiff:
+        """Two jobs over one source compared (current generations): the ids ``a``
+        succeeded on and ``b`` has not, and the reverse, each with the other job's state
+        there. The window defaults to the union of both jobs' windows."""
+        return await coverage_diff(self.storage, a, b, id_start=id_start, id_end=id_end)
+
+    async def plan(self, job: Job | str, next: int = 5) -> list[PlannedBatch]:
+        """The next ``next`` batches the job's acquisitions would hand out, without taking
+        them and without writing anything: reclaimable batches first (failed with
+        attempts left, running with an expired lease: same range, next attempt), then
+        new ranges planned from the cursor with the job's budget and window.
+
+        ``job`` is a :class:`Job` or the name of a stored one (a job whose filter is a
+        SQL expression needs the Job). Workers acquiring meanwhile may take them first."""
+        return await plan_batches(self.storage, job, next)
 
     async def reset(
         self, job: Job | str, to_id: int | None = None, *, force: bool = False

@@ -23,7 +23,16 @@ from typing_extensions import Unpack
 
 from ._loop import EventLoopThread
 from ._progress import ProgressBar
-from ._reports import Backlog, JobStatus, JobSummary, ResetResult, TraceEntry
+from ._reports import (
+    Backlog,
+    Coverage,
+    CoverageDiff,
+    JobStatus,
+    JobSummary,
+    PlannedBatch,
+    ResetResult,
+    TraceEntry,
+)
 from ._trace import source_rows
 from .batch import Batch
 from .config import Settings
@@ -396,6 +405,34 @@ class SyncInventory:
     def trace(self, source_table: str, item_id: int) -> list[TraceEntry]:
         """Same as :meth:`Inventory.trace`."""
         return self.call(self._inventory.trace, source_table, item_id)
+
+    def coverage(
+        self,
+        job: Job | str,
+        *,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        generation: int | None = None,
+    ) -> Coverage:
+        """Same as :meth:`Inventory.coverage`."""
+        return self.call(
+            self._inventory.coverage, job, id_start=id_start, id_end=id_end, generation=generation
+        )
+
+    def coverage_diff(
+        self,
+        a: Job | str,
+        b: Job | str,
+        *,
+        id_start: int | None = None,
+        id_end: int | None = None,
+    ) -> CoverageDiff:
+        """Same as :meth:`Inventory.coverage_diff`."""
+        return self.call(self._inventory.coverage_diff, a, b, id_start=id_start, id_end=id_end)
+
+    def plan(self, job: Job | str, next: int = 5) -> list[PlannedBatch]:
+        """Same as :meth:`Inventory.plan`."""
+        return self.call(self._inventory.plan, job, next)
 
     def reset(self, job: Job | str, to_id: int | None = None, *, force: bool = False) -> ResetResult:
         """Same as :meth:`Inventory.reset`."""

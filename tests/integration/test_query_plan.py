@@ -149,3 +149,50 @@ async def test_reclaim_and_planning_use_indexes_not_scans(db: Db) -> None:
             for scan in scans:
                 assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
                 assert scan["Index Name"] == "meta_pkey"
+
+
+async def test_coverage_reads_the_batches_in_its_window_only(db: Db) -> None:
+    table = await db.create_meta(weights=[1] * 10)
+    async with db.inventory() as inv:
+        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=10)
+        assert batch is not None
+        await batch.success()
+        # 20,000 succeeded batches of ten ids each after the table's ids, and as many of
+        # an earlier generation over the same ids (a reset's history).
+        prefix = f'"{db.schema}".' if db.schema else ""
+        async with db.engine.begin() as conn:
+            for generation in (0, 1):
+                await conn.execute(sa.text(
+                    f"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000) "
+                    f"INSERT INTO {prefix}inventory (job_identifier, generation, "
+                    "processing_start, processing_end, range_start, range_end, weight, "
+                    "item_count, attempt, max_attempts, status) SELECT 'j', :gen, "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 10 * n + 1, 10 * n + 10, 10, 10, 1, 3, "
+                    "'succeeded' FROM g"
+                ) if db.kind == "sqlite" else sa.text(
+                    f"INSERT INTO {prefix}inventory (job_identifier, generation, "
+                    "processing_start, processing_end, range_start, range_end, weight, "
+                    "item_count, attempt, max_attempts, status) SELECT 'j', :gen, now(), now(), "
+                    "10 * g + 1, 10 * g + 10, 10, 10, 1, 3, 'succeeded' "
+                    "FROM generate_series(1, 20000) g"
+                ), {"gen": generation})
+            await conn.execute(sa.text(f"ANALYZE {prefix}inventory"))
+        with Captured(inv.inventory_engine) as captured:
+            coverage = await inv.coverage("j", id_start=100_005, id_end=100_104)
+        assert [(s.state, s.range_start, s.range_end, s.batches) for s in coverage.segments] == [
+            ("succeeded", 100_005, 100_104, 11)
+        ]
+        reads = captured.matching("range_start", "ORDER BY")
+        assert len(reads) == 2  # the batch reaching into the window, and those inside it
+        for statement, parameters in reads:
+            if db.kind == "sqlite":
+                detail = await sqlite_plan(inv.inventory_engine, statement, parameters)
+                assert "USING INDEX ix_inventory_job_range (job_identifier=? AND range_start" in detail, detail
+                continue
+            plan = await pg_plan(inv.inventory_engine, statement, parameters)
+            scans = scans_of(plan, "inventory")
+            assert scans, json.dumps(plan)[:2000]
+            for scan in scans:
+                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
+                # both generations' batches in the window, not the job's 40,000
+                assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 30, json.dumps(plan)[:2000]

@@ -63,5 +63,5 @@ def test_no_import_inside_a_function() -> None:
 
 def test_features_do_not_depend_on_the_client() -> None:
     graph = _graph()
-    for feature in ("_status", "_trace", "_reset", "_storage", "_backend", "_source"):
+    for feature in ("_status", "_trace", "_reset", "_coverage", "_plan", "_storage", "_backend", "_source"):
         assert not graph[feature] & {"inventory", "sync", "cli"}, (feature, graph[feature])
