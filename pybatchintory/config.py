@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     )
     connect_args: dict[str, Any] = Field(
         default_factory=dict,
+        repr=False,  # may carry a password
         description="Extra keyword arguments of the driver's connect (asyncpg.connect, "
         "aiosqlite.connect; JSON in the environment).",
     )
