@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="SQLite: how long a writer waits for the lock."
     )
     pool_size: int = Field(default=5, ge=1, description="Pooled connections per engine.")
+    create_tables: bool = Field(
+        default=True,
+        description="Whether open() creates or upgrades the backend tables; off, it "
+        "issues no DDL and refuses tables that are missing or old (run pybatchintory "
+        "init or migrate as an admin role).",
+    )
     pgbouncer: bool = Field(
         default=False,
         description="PostgreSQL behind PgBouncer in transaction pooling mode: unique "
