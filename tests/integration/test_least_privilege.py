@@ -115,6 +115,7 @@ async def test_documented_roles_an_admin_inits_a_worker_acquires_a_reader_reads(
         env={
             "PYBATCHINTORY_INVENTORY_URL": roles.url("pbi_admin"),
             "PYBATCHINTORY_SCHEMA_NAME": schema,
+            "PYBATCHINTORY_CREATE_TABLES": "false",  # init creates them whatever it says
         },
     )
     assert done.returncode == 0, done.stderr
