@@ -1,32 +1,123 @@
 """Sessions: ``nox -s tests`` (SQLite and PostgreSQL), ``nox -s lint``, ``nox -s bench``.
 
+``nox -s tests`` runs the suite on every Python that requires-python allows (3.10 to
+3.13): the whole suite, multi-process acceptance tests included, on the newest; the
+suite less those (``-m "not slow"``) on the others; and the whole suite on the oldest
+Python at the lowest versions of the dependencies that pyproject.toml allows (its ``>=``
+floors, pinned with a constraints file), so that a floor is one that passes. One of
+them: ``nox -s "tests(3.12)"`` or ``nox -s "tests(floors)"``.
+
+Interpreters are found on PATH (``python3.X``), and also among pyenv's installed
+versions (``$PYENV_ROOT/versions``), which need not be enabled. A missing interpreter
+skips its session, and fails it under CI=true.
+
 PostgreSQL is taken from PYBATCHINTORY_TEST_PG_URL (default: the local server's ``test``
 database); without a server those tests skip with the reason, and fail under CI=true.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import nox
+from packaging.requirements import Requirement
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
-nox.options.error_on_missing_interpreters = False
+# A missing interpreter skips its session, except under CI (nox's default when CI is
+# set), where it fails: CI must not pass by running fewer of them.
+# uv makes the virtualenvs in seconds where it is installed (.ci/run installs it);
+# virtualenv and pip otherwise.
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.download_python = "never"
 
+ROOT = Path(__file__).parent
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+NEWEST, OLDEST = PYTHONS[-1], PYTHONS[0]
+EXTRAS = ("test", "examples")
 _PASSED_THROUGH = ("PYBATCHINTORY_TEST_PG_URL", "CI")
 
 
+def _expose_pyenv_interpreters() -> None:
+    """Put pyenv's installed ``python3.X`` first on PATH, through links in .nox/: pyenv's
+    shims answer only for the enabled versions, and nox looks interpreters up by name."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    links = ROOT / ".nox" / "pyenv-pythons"
+    found = False
+    for minor in PYTHONS:
+        candidates = sorted(
+            versions.glob(f"{minor}.*/bin/python{minor}"),
+            key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()],
+        )
+        if not candidates:
+            continue
+        links.mkdir(parents=True, exist_ok=True)
+        link = links / f"python{minor}"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(candidates[-1])  # the newest patch release
+        found = True
+    if found:
+        os.environ["PATH"] = os.pathsep.join([str(links), os.environ.get("PATH", "")])
+
+
+_expose_pyenv_interpreters()
+
+
+def _floors() -> list[str]:
+    """``name==version`` for each ``>=`` floor of the package's dependencies and of the
+    extras the tests install: the constraints of the floors session."""
+    project = nox.project.load_toml(ROOT / "pyproject.toml")["project"]
+    requirements = list(project["dependencies"])
+    for extra in EXTRAS:
+        requirements += project["optional-dependencies"][extra]
+    pins = []
+    for text in requirements:
+        requirement = Requirement(text)
+        lower = [s.version for s in requirement.specifier if s.operator == ">="]
+        if len(lower) != 1:
+            raise ValueError(f"{text!r} in pyproject.toml needs exactly one >= floor")
+        pins.append(f"{requirement.name}=={lower[0]}")
+    return pins
+
+
 @nox.session
-def tests(session: nox.Session) -> None:
-    """The whole test suite, on SQLite and PostgreSQL (examples included, Dask too)."""
-    session.install("-e", ".[test,examples]")
-    session.run("pytest", *(session.posargs or ["-q"]))
+@nox.parametrize(
+    "python,deps",
+    [
+        *[nox.param(p, "latest", id=p) for p in PYTHONS],
+        nox.param(OLDEST, "floors", id="floors"),
+    ],
+)
+def tests(session: nox.Session, deps: str) -> None:
+    """The test suite on SQLite and PostgreSQL (examples included, Dask too)."""
+    package = f".[{','.join(EXTRAS)}]"
+    if deps == "floors":
+        constraints = Path(session.create_tmp()) / "floors.txt"
+        constraints.write_text("\n".join(_floors()) + "\n")
+        session.log("floors: " + ", ".join(_floors()))
+        session.install("-c", str(constraints), "-e", package)
+    else:
+        session.install("-e", package)
+    if session.posargs:
+        args = list(session.posargs)
+    elif session.python == NEWEST or deps == "floors":
+        args = ["-q"]  # the whole suite
+    else:
+        # The multi-process stress tests take a third of a run and exercise the same
+        # code as on the newest Python; each other test runs here.
+        args = ["-q", "-m", "not slow"]
+    session.run("pytest", *args, env={k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ})
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy (strict) on the package."""
+    """ruff (lint and format check) and mypy (strict) on the package."""
     session.install("-e", ".[dev]")
-    session.run("ruff", "check", "pybatchintory", "tests", "examples", "benchmarks")
+    paths = ("pybatchintory", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
     session.run("mypy")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from pybatchintory import acquire_batch, acquire_batches, configure
@@ -20,7 +21,7 @@ def build_demo_metadata(items: int = 60) -> None:
     """A metadata table as a pipeline would fill it: one row per file, with its size."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{DATABASE}{suffix}").unlink(missing_ok=True)
-    with sqlite3.connect(DATABASE) as db:
+    with closing(sqlite3.connect(DATABASE)) as db, db:
         db.execute(
             "CREATE TABLE meta_data_raw_data ("
             " id INTEGER PRIMARY KEY AUTOINCREMENT, uri TEXT NOT NULL, weight REAL NOT NULL)"
@@ -40,7 +41,7 @@ def failing_func(items: list[dict[str, object]]) -> None:
 
 
 def print_inventory() -> None:
-    with sqlite3.connect(DATABASE) as db:
+    with closing(sqlite3.connect(DATABASE)) as db, db:
         rows = db.execute(
             "SELECT b.id, b.job_identifier, b.range_start, b.range_end, b.weight, "
             "b.attempt, b.status, l.logging FROM inventory b "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from pybatchintory import Inventory
@@ -28,7 +29,7 @@ def build_raw_files(count: int = 24) -> None:
     """The raw files' metadata table: one row per file, with its size in MiB."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{DATABASE}{suffix}").unlink(missing_ok=True)
-    with sqlite3.connect(DATABASE) as db:
+    with closing(sqlite3.connect(DATABASE)) as db, db:
         db.execute(
             "CREATE TABLE raw_files (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " uri TEXT NOT NULL, weight REAL NOT NULL)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ._engines import backend_errors, read_connection, retry_transient, write_transaction
+from ._engines import (
+    WriteGate,
+    backend_errors,
+    read_connection,
+    safe_write,
+    urgent_signal,
+    write_transaction,
+)
 from ._migrations import ensure_current
 from ._source import BatchPlan, SourceBinding
 from ._statements import build_statements, current_generation, lease_params
@@ -28,6 +36,7 @@ __all__ = ["Backend", "BatchRecord", "JobState"]
 
 logger = logging.getLogger("pybatchintory")
 
+HIGHEST_ID = 2**63 - 1  # ids are 64-bit signed integers end to end
 LEASE_EXPIRED = "lease expired: the worker stopped renewing it (crashed, killed or hung)"
 
 
@@ -37,6 +46,19 @@ class JobState:
 
     cursor: int | None
     generation: int
+
+    @property
+    def exhausted(self) -> bool:
+        """The cursor is at the highest 64-bit id: no new range can follow it."""
+        return self.cursor is not None and self.cursor >= HIGHEST_ID
+
+    @property
+    def next_id(self) -> int | None:
+        """The first id after the cursor (None before the first batch, or when
+        :attr:`exhausted`: there is no such 64-bit id)."""
+        if self.cursor is None or self.exhausted:
+            return None
+        return self.cursor + 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +86,9 @@ class Backend:
         insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         self.sql = build_statements(tables, self.dialect, insert)
         self.closed = False  # set by Inventory.close()
+        # SQLite: this process's writes one at a time, renewals and finishes first.
+        self.signal = urgent_signal(engine)
+        self.gate = WriteGate(self.signal) if self.dialect == "sqlite" else None
 
     def _check_open(self, batch_id: int) -> None:
         if self.closed:
@@ -83,6 +108,27 @@ class Backend:
 
     # -- acquisition (inside the caller's write transaction) -----------------------
 
+    async def take(
+        self, transaction: Callable[[], Awaitable[BatchRecord | None]]
+    ) -> BatchRecord | None:
+        """Run an acquisition's ``transaction`` on the one cancellation-safe write path
+        (:func:`safe_write`): if the caller is cancelled, the transaction still ends, and
+        a batch it took is handed back without using up an attempt, before the
+        cancellation goes on. Conflicts run the transaction again."""
+        return await safe_write(transaction, undo=self._hand_back_unreached, gate=self.gate)
+
+    async def _hand_back_unreached(self, record: BatchRecord | None) -> None:
+        if record is None:
+            return
+        await self.finish(
+            record.id,
+            record.attempt,
+            succeeded=False,
+            result=None,
+            text="the acquisition was cancelled before the batch reached its worker",
+            refund_attempt=True,
+        )
+
     async def lock_job(
         self, conn: AsyncConnection, job_identifier: str, binding: SourceBinding, definition: str
     ) -> JobState:
@@ -100,7 +146,7 @@ class Backend:
         }
         row = (await conn.execute(self.sql.lock_job, params)).one()
         bound = SourceBinding(row.source_kind, row.source, row.id_column, row.filter_text)
-        if bound != binding:
+        if not binding.accepts(bound):
             raise JobSourceMismatchError(
                 f"job {job_identifier!r} is bound to {bound.describe()}, not to "
                 f"{binding.describe()}; use another job identifier for another source"
@@ -234,7 +280,7 @@ class Backend:
                 return int(row.max_attempts)
 
         async with backend_errors(f"recording batch {batch_id} as {status}", self.engine):
-            return await retry_transient(attempt_finish)
+            return await safe_write(attempt_finish, gate=self.gate, urgent=True)
 
     async def heartbeat(self, batch_id: int, attempt: int, lease_seconds: float) -> datetime:
         """Extend the lease of a running attempt; return the new expiry."""
@@ -253,7 +299,7 @@ class Backend:
                 return expires  # type: ignore[no-any-return]
 
         async with backend_errors(f"renewing the lease of batch {batch_id}", self.engine):
-            return await retry_transient(attempt_renew)
+            return await safe_write(attempt_renew, gate=self.gate, urgent=True)
 
     def _single_write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """Where one statement does the whole write (PostgreSQL), it is atomic by itself:
@@ -298,7 +344,7 @@ class Backend:
                 return ids
 
         async with backend_errors(f"re-queueing failed batches of job {job_identifier!r}", self.engine):
-            return await retry_transient(requeue_all)
+            return await safe_write(requeue_all, gate=self.gate)
 
     async def _explain_not_requeued(
         self, conn: AsyncConnection, job_identifier: str, batch_id: int, generation: int

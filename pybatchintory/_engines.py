@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import uuid
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .config import Settings, hide_password, safe_url
-from .exceptions import BackendError, ConfigurationError
+from .config import Settings, hide_password, redact, safe_url
+from .exceptions import BackendError, ConfigurationError, InventoryFileGoneError
 
 __all__ = [
     "backend_errors",
@@ -27,10 +36,15 @@ __all__ = [
     "cursor_transaction",
     "read_connection",
     "retry_transient",
+    "UrgentSignal",
+    "WriteGate",
+    "urgent_signal",
+    "safe_write",
     "write_transaction",
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger("pybatchintory")
 
 _ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
 # SQLSTATEs that mean "run the transaction again": serialization failure, deadlock.
@@ -45,6 +59,11 @@ _MAX_BACKOFF_SECONDS = 0.5
 _ENGINES: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
 # A forked child's inherited pools, never to be collected (see _forget_connections_after_fork)
 _INHERITED_POOLS: list[sa.Pool] = []
+# SQLite: how long an acquisition waits in the busy handler before backing off (see
+# WriteGate); heartbeats and finishes wait the whole busy_timeout_seconds there.
+_ACQUIRE_BUSY_MS = 20
+# SQLite: how long an acquisition defers to urgent writes of other processes (UrgentSignal)
+_YIELD_SECONDS = 1.0
 # PostgreSQL engines created in autocommit mode (the metadata engine)
 _AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 # PostgreSQL engines behind PgBouncer in transaction pooling mode: no autocommit
@@ -124,11 +143,12 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
     try:
         engine = create_async_engine(url, **kwargs)
     except (ArgumentError, NoSuchModuleError, TypeError, ValueError) as exc:
+        message = redact(str(exc), url)
         raise ConfigurationError(
             f"cannot create an engine for {hide_password(dsn)} (check engine_options): "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {message}"
         ) from None
-    _refuse_bad_connect_args(engine, dsn)
+    _refuse_bad_connect_args(engine, dsn, url)
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, settings, writer=writer)
     elif not writer and not pgbouncer:
@@ -189,7 +209,7 @@ def _engine_options(options: dict[str, Any], dsn: str) -> dict[str, Any]:
     return options
 
 
-def _refuse_bad_connect_args(engine: AsyncEngine, dsn: str) -> None:
+def _refuse_bad_connect_args(engine: AsyncEngine, dsn: str, url: URL) -> None:
     """A connect argument the driver does not take fails each connection with a
     TypeError: make it a ConfigurationError naming the argument, without the URL's
     password."""
@@ -201,7 +221,7 @@ def _refuse_bad_connect_args(engine: AsyncEngine, dsn: str) -> None:
         except TypeError as exc:
             raise ConfigurationError(
                 f"cannot connect to {hide_password(dsn)}: a connect argument (connect_args "
-                f"setting or URL query) is wrong: {exc}"
+                f"setting or URL query) is wrong: {redact(str(exc), url)}"
             ) from None
 
 
@@ -218,10 +238,55 @@ def _forget_connections_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
+def _sqlite_file(url: URL) -> str | None:
+    """The absolute path of a file database, or None (in memory, or a URI)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return os.path.abspath(database)
+
+
+class _FileIdentity:
+    """Fix (issue 13, item 8): the inventory's SQLite file, as opened first (device and
+    inode). A file deleted while open took every later outcome with it, silently: each
+    connection and each transaction checks the path still names that file (one stat)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise InventoryFileGoneError(
+                f"the inventory's SQLite file {self.path} was deleted while the inventory "
+                "was open; nothing was written"
+            ) from None
+        current = (st.st_dev, st.st_ino)
+        if self.identity is None:
+            self.identity = current
+        elif current != self.identity:
+            raise InventoryFileGoneError(
+                f"the inventory's SQLite file {self.path} was replaced by another file while "
+                "the inventory was open; nothing was written"
+            )
+
+
+def urgent_signal(engine: AsyncEngine) -> UrgentSignal | None:
+    """The cross-process urgent-write signal of a SQLite file database, or None."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = _sqlite_file(engine.url)
+    return UrgentSignal(f"{path}-pybi-urgent") if path is not None else None
 
 
 def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) -> None:
     busy_ms = int(settings.busy_timeout_seconds * 1000)
+    path = _sqlite_file(engine.url) if writer else None
+    file = _FileIdentity(path) if path is not None else None
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -236,23 +301,65 @@ def _configure_sqlite(engine: AsyncEngine, settings: Settings, *, writer: bool) 
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+        if file is not None:
+            try:
+                file.check()  # the first connection records the file it created or found
+            except InventoryFileGoneError:
+                dbapi_connection.close()
+                raise
 
     if writer:
 
         @sa.event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
-            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+            if file is not None:
+                file.check()
+            options = conn.get_execution_options()
+            wanted = options.get("sqlite_busy_ms") or busy_ms
+            info = conn.connection.info
+            if info.get("busy_ms", busy_ms) != wanted:  # set only on a change
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(wanted)}")
+                info["busy_ms"] = wanted
+            mode = options.get("sqlite_begin", "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@dataclass
+class _WriteProgress:
+    """Where a write run by :func:`safe_write` stands: whether cancelling it now is
+    safe (nothing can have been committed, and nothing is left held)."""
+
+    interruptible: bool = False
+    urgent: bool = False
+
+
+_write_progress: ContextVar[_WriteProgress | None] = ContextVar(
+    "pybatchintory_write_progress", default=None
+)
 
 
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction that writes: on SQLite it holds the write lock from its start."""
+    progress = _write_progress.get()
+    # PostgreSQL: up to the COMMIT, a cancellation rolls the transaction back and
+    # leaves nothing held (a lock wait ends at once). SQLite: never (see safe_write).
+    interruptible = engine.dialect.name == "postgresql"
+    if progress is not None:
+        progress.interruptible = interruptible
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            # Writes that are not urgent (acquisitions) do not sit in SQLite's busy
+            # handler: they try for the lock briefly, then back off in retry_transient,
+            # so that renewals and finishes, waiting in the busy handler, get it first.
+            urgent = progress is None or progress.urgent
+            conn = await conn.execution_options(
+                sqlite_begin="IMMEDIATE", sqlite_busy_ms=None if urgent else _ACQUIRE_BUSY_MS
+            )
         async with conn.begin():
             yield conn
+            if progress is not None:
+                progress.interruptible = False  # the COMMIT follows
 
 
 @asynccontextmanager
@@ -338,6 +445,212 @@ async def complete_despite_cancellation(operation: Awaitable[T]) -> T:
     return result
 
 
+class UrgentSignal:
+    """SQLite, across processes: "a renewal or finish waits for the write lock".
+
+    Urgent writers hold a shared flock on ``<database>-pybi-urgent`` while they wait and
+    write; an acquisition first probes for an exclusive one, and while it cannot have it
+    (an urgent write waits in some process) it backs off, for up to ``_YIELD_SECONDS``.
+    Best effort, never blocking: without fcntl (Windows) it does nothing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._held: int | None = None  # the fd of our shared lock
+        self._probe: int | None = None
+
+    def _open(self) -> int | None:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+
+    def raise_(self) -> None:
+        if fcntl is None or self._held is not None:
+            return
+        fd = self._open()
+        if fd is None:
+            return
+        for _ in range(3):  # a probe holds the exclusive lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+            self._held = fd
+            return
+        os.close(fd)
+
+    def lower(self) -> None:
+        fd, self._held = self._held, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+    def _urgent_elsewhere(self) -> bool:
+        if fcntl is None:
+            return False
+        if self._probe is None:
+            self._probe = self._open()
+            if self._probe is None:
+                return False
+        try:
+            fcntl.flock(self._probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(self._probe, fcntl.LOCK_UN)
+        return False
+
+    async def yield_to_urgent(self) -> None:
+        deadline = anyio.current_time() + _YIELD_SECONDS
+        while self._urgent_elsewhere() and anyio.current_time() < deadline:
+            await anyio.sleep(0.002)
+
+    def close(self) -> None:
+        self.lower()
+        fd, self._probe = self._probe, None
+        if fd is not None:
+            os.close(fd)
+
+
+class WriteGate:
+    """SQLite: acquisitions of one process one at a time, and never while a renewal or a
+    finish of that process waits for the database.
+
+    Fix (issue 13, item 4): SQLite has one write lock, and a writer that finds it taken
+    polls for it with sleeps of up to 100 ms (the busy handler), in no order. Tasks
+    acquiring in a loop kept the lock busy, and lease renewals lost the race until their
+    leases ran out: live workers lost their batches. Here urgent writes (heartbeats,
+    finishes) pass at once and hold back this process's acquisitions until they are
+    done; acquisitions queue in arrival order, so that at most one of them per process
+    contends for the lock. Across processes, see ``_ACQUIRE_BUSY_MS``.
+    """
+
+    def __init__(self, signal: UrgentSignal | None = None) -> None:
+        self._signal = signal
+        self._urgent = 0  # urgent writes in progress
+        self._busy = False  # an acquisition holds the gate
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _wake(self) -> None:
+        if self._urgent or self._busy:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._busy = True
+                waiter.set_result(None)
+                return
+
+    async def _enter(self) -> None:
+        if not self._urgent and not self._busy and not self._waiters:
+            self._busy = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._leave()  # handed over just as the cancellation came: pass it on
+            raise
+
+    def _leave(self) -> None:
+        self._busy = False
+        self._wake()
+
+    def gated(self, operation: Callable[[], Awaitable[T]], urgent: bool) -> Callable[[], Awaitable[T]]:
+        """``operation`` run under the gate (one try of it: the backoff between tries
+        of retry_transient holds nothing)."""
+
+        async def run_urgent() -> T:
+            self._urgent += 1
+            if self._urgent == 1 and self._signal is not None:
+                self._signal.raise_()
+            try:
+                return await operation()
+            finally:
+                self._urgent -= 1
+                if self._urgent == 0 and self._signal is not None:
+                    self._signal.lower()
+                self._wake()
+
+        async def run() -> T:
+            await self._enter()
+            try:
+                if self._signal is not None:
+                    await self._signal.yield_to_urgent()
+                return await operation()
+            finally:
+                self._leave()
+
+        return run_urgent if urgent else run
+
+
+async def safe_write(
+    operation: Callable[[], Awaitable[T]],
+    undo: Callable[[T], Awaitable[None]] | None = None,
+    *,
+    gate: WriteGate | None = None,
+    urgent: bool = False,
+) -> T:
+    """The one path of every write to the backend tables: ``operation`` (one
+    transaction, run again on transient conflicts by :func:`retry_transient`) is never
+    cut at an unsafe point by a cancellation of its caller.
+
+    Fix (issue 13, items 2 and 3): a write cancelled midway left SQLite's write lock
+    held by a connection whose BEGIN IMMEDIATE or COMMIT ran on in aiosqlite's thread
+    (every other writer then waited out the busy timeout), and let a PostgreSQL
+    acquisition commit a batch that never reached its caller. Here the write runs in a
+    task of its own; if the caller is cancelled, the write still ends, ``undo`` is
+    given what it returned (an acquisition hands its batch back), and then the
+    cancellation goes on. Without a cancellation this costs one task.
+
+    One exception: a PostgreSQL transaction of :func:`write_transaction` that has not
+    reached its COMMIT is cancelled with its caller (say, while it waits for a job's
+    row lock): its rollback leaves nothing behind.
+
+    ``gate`` (SQLite): the process's :class:`WriteGate`, taken for each try;
+    ``urgent`` writes (heartbeats, finishes) go first.
+    """
+    progress = _WriteProgress(urgent=urgent)
+    token = _write_progress.set(progress)
+    try:
+        if gate is not None:
+            operation = gate.gated(operation, urgent)
+        task = asyncio.ensure_future(retry_transient(operation))  # copies the context
+    finally:
+        _write_progress.reset(token)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.cancelled():  # cancelled directly (the event loop closing): nothing to wait for
+            raise
+        if progress.interruptible:
+            task.cancel()
+        await complete_despite_cancellation(_settle(task, undo))
+        raise
+
+
+async def _settle(task: asyncio.Future[T], undo: Callable[[T], Awaitable[None]] | None) -> None:
+    """Wait for a write whose caller was cancelled; undo what it did, if asked to."""
+    try:
+        result = await task
+    except asyncio.CancelledError:  # interrupted before its COMMIT: nothing was written
+        return
+    except Exception as exc:  # the write failed on its own: nothing to undo
+        logger.debug("a write whose caller was cancelled failed: %s", exc)
+        return
+    if undo is None or result is None:
+        return
+    try:
+        await undo(result)
+    except Exception:  # the cancellation is what the caller must see
+        logger.exception("could not undo a write whose caller was cancelled")
+
+
 def describe(exc: SQLAlchemyError) -> str:
     """The driver's message without SQL text or parameters (they may hold values)."""
     orig = getattr(exc, "orig", None)
@@ -353,7 +666,9 @@ async def backend_errors(what: str, engine: AsyncEngine) -> AsyncIterator[None]:
         yield
     except SQLAlchemyError as exc:
         where = safe_url(engine.url)
-        raise BackendError(f"{what} failed on {where}: {describe(exc)}") from exc
+        message = redact(describe(exc), engine.url)
+        raise BackendError(f"{what} failed on {where}: {message}") from exc
     except OSError as exc:  # connection refused before SQLAlchemy could wrap it
         where = safe_url(engine.url)
-        raise BackendError(f"{what} failed on {where}: {type(exc).__name__}: {exc}") from exc
+        message = redact(f"{type(exc).__name__}: {exc}", engine.url)
+        raise BackendError(f"{what} failed on {where}: {message}") from exc

@@ -59,6 +59,23 @@ class SourceBinding:
     name: str
     id_column: str
     filter_text: str
+    # A mapping filter's clauses, each with the texts it may have in a filter text stored
+    # by an older version (keys in the caller's order, IN lists unsorted): see accepts().
+    legacy_clauses: tuple[frozenset[str], ...] = field(default=(), compare=False)
+
+    def accepts(self, stored: SourceBinding) -> bool:
+        """Whether a job bound to ``stored`` may run with this binding: the same source,
+        id column and filter. Fix (issue 13, item 7): a mapping filter's text is now
+        canonical (keys sorted, IN lists sorted), so ``{"a": 1, "b": 2}`` and
+        ``{"b": 2, "a": 1}`` bind alike; a text stored before, in the caller's key order,
+        is recognised as the same filter whatever that order was."""
+        if (stored.kind, stored.name, stored.id_column) != (self.kind, self.name, self.id_column):
+            return False
+        if stored.filter_text == self.filter_text:
+            return True
+        return bool(self.legacy_clauses) and _joins_clauses(
+            stored.filter_text, list(self.legacy_clauses)
+        )
 
     def describe(self) -> str:
         what = f"{self.kind} {self.name!r} (id column {self.id_column!r}"
@@ -256,8 +273,8 @@ class Source:
             while True:
                 rows = (await db.execute(query, params)).all()
                 acc.offer_rows(rows)
-                if acc.full or len(rows) < params["pybi_page"]:
-                    break
+                if acc.full or len(rows) < params["pybi_page"] or rows[-1][0] >= _NO_UPPER:
+                    break  # (the last test: no 64-bit id follows 2**63 - 1)
                 params["pybi_start"] = rows[-1][0] + 1
                 params["pybi_page"] = min(params["pybi_page"] * 2, _MAX_PAGE)
 
@@ -347,22 +364,9 @@ def build_filter(table: sa.Table, filter: Filter) -> sa.ColumnElement[bool]:
     if isinstance(filter, Mapping):
         if not filter:
             return sa.true()
-        clauses = []
-        for name, value in filter.items():
-            if not isinstance(name, str) or name not in table.c:
-                raise UnknownColumnError(
-                    f"filter column {name!r} does not exist in table {table.fullname!r}"
-                )
-            column = table.c[name]
-            if value is None:
-                clauses.append(column.is_(None))
-            elif isinstance(value, (list, tuple, set, frozenset)):
-                # sets sorted, so that the job binding's text is the same in every process
-                values = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
-                clauses.append(column.in_(values))
-            else:
-                clauses.append(column == value)
-        return sa.and_(*clauses)
+        # Canonical (keys and IN lists sorted), so that the job binding's text is the
+        # same in every process whatever order the mapping was written in.
+        return sa.and_(*_mapping_clauses(table, filter, canonical=True))
     if callable(filter) and not isinstance(filter, sa.ClauseElement):
         return build_filter(table, filter(table))
     if isinstance(filter, sa.TextClause):
@@ -373,6 +377,79 @@ def build_filter(table: sa.Table, filter: Filter) -> sa.ColumnElement[bool]:
         f"a filter of type {type(filter).__name__} is not supported; pass a mapping, "
         "a SQLAlchemy boolean expression or a callable(table) returning one"
     )
+
+
+def _joins_clauses(text: str, clauses: list[frozenset[str]]) -> bool:
+    """Whether ``text`` is ``" AND "``-joined texts of every clause once, in any order
+    (each clause spelled by one of its texts). Backtracking over a handful of clauses."""
+    if not clauses:
+        return text == ""
+    for i, spellings in enumerate(clauses):
+        rest = clauses[:i] + clauses[i + 1 :]
+        for spelling in spellings:
+            if not text.startswith(spelling):
+                continue
+            tail = text[len(spelling) :]
+            if not rest and tail == "":
+                return True
+            if rest and tail.startswith(" AND ") and _joins_clauses(tail[5:], rest):
+                return True
+    return False
+
+
+def _in_values(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]) -> list[Any]:
+    """An IN list in canonical order (its order has no meaning): sorted, duplicates
+    dropped, where the values allow it."""
+    try:
+        return sorted(set(value))
+    except TypeError:  # unhashable or unorderable values: as given
+        return list(value)
+
+
+def _mapping_clauses(
+    table: sa.Table, filter: Mapping[Any, Any], *, canonical: bool
+) -> list[sa.ColumnElement[bool]]:
+    clauses: list[sa.ColumnElement[bool]] = []
+    items = sorted(filter.items(), key=lambda kv: str(kv[0])) if canonical else filter.items()
+    for name, value in items:
+        if not isinstance(name, str) or name not in table.c:
+            raise UnknownColumnError(
+                f"filter column {name!r} does not exist in table {table.fullname!r}"
+            )
+        column = table.c[name]
+        if value is None:
+            clauses.append(column.is_(None))
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            if canonical:
+                values = _in_values(value)
+            else:  # how versions before issue 13 spelled it
+                values = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+            clauses.append(column.in_(values))
+        else:
+            clauses.append(column == value)
+    return clauses
+
+
+def legacy_clause_texts(
+    table: sa.Table, filter: Filter, dialect: sa.Dialect
+) -> tuple[frozenset[str], ...]:
+    """For a mapping filter: each clause's canonical text and its text as an older
+    version stored it (see :meth:`SourceBinding.accepts`); () for other filters."""
+    if not isinstance(filter, Mapping) or not filter:
+        return ()
+    try:
+        canonical = _mapping_clauses(table, filter, canonical=True)
+        by_key = dict(zip(sorted(map(str, filter)), canonical))
+        old = dict(zip(map(str, filter), _mapping_clauses(table, filter, canonical=False)))
+    except TypeError:  # unsortable set values: no old text to recognise
+        return ()
+    texts = []
+    for key, clause in by_key.items():
+        spellings = {filter_text(clause, dialect), filter_text(old[key], dialect)}
+        if any(PARAMS_DIGEST in t for t in spellings):
+            return ()  # bound parameter names depend on the order: exact texts only
+        texts.append(frozenset(spellings))
+    return tuple(texts)
 
 
 def filter_text(expr: sa.ColumnElement[bool], dialect: sa.Dialect) -> str:
@@ -420,7 +497,13 @@ async def reflect_table_source(
     else:
         items = [_column(table, c, "item", (sa.types.TypeEngine,)) for c in item_columns]
     where = build_filter(table, filter)
-    binding = SourceBinding("table", table.fullname, id_column, filter_text(where, engine.dialect))
+    binding = SourceBinding(
+        "table",
+        table.fullname,
+        id_column,
+        filter_text(where, engine.dialect),
+        legacy_clause_texts(table, filter, engine.dialect),
+    )
     bound = None
     if settle_column is not None and settle_seconds is not None:
         settle_col = _column(table, settle_column, "settle", (sa.DateTime,))

@@ -47,22 +47,29 @@ p = sa.bindparam
 
 
 def db_now(dialect: str) -> sa.ColumnElement[datetime]:
-    """The database's clock: leases never depend on a worker's clock."""
+    """The database's clock when the statement runs: leases never depend on a worker's
+    clock, and never on when the transaction started.
+
+    Fix (issue 13, item 1): PostgreSQL's now() is the start of the transaction, which
+    may have waited for the job's row lock and planned for longer than a lease: a batch
+    granted then was born expired. clock_timestamp() is the time of the grant. SQLite's
+    'now' is already the time of the statement (one value per sqlite3_step).
+    """
     if dialect == "sqlite":
         # The format SQLAlchemy stores SQLite datetimes in, with microseconds.
         return sa.type_coerce(
             sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000"), UtcDateTime
         )
-    return sa.type_coerce(sa.func.now(), UtcDateTime)
+    return sa.type_coerce(sa.func.clock_timestamp(), UtcDateTime)
 
 
 def lease_expiry(dialect: str) -> sa.ColumnElement[datetime]:
-    """The database's clock plus the lease given by :func:`lease_params`."""
+    """:func:`db_now` plus the lease given by :func:`lease_params`."""
     if dialect == "sqlite":
         later = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", p("p_lease_modifier"))
         return sa.type_coerce(later.concat("000"), UtcDateTime)
     interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, p("p_lease_seconds", type_=sa.Double))
-    return sa.type_coerce(sa.func.now() + interval, UtcDateTime)
+    return sa.type_coerce(sa.func.clock_timestamp() + interval, UtcDateTime)
 
 
 def lease_params(dialect: str, seconds: float) -> dict[str, Any]:

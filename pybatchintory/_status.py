@@ -76,7 +76,7 @@ async def table_source(
 
 def _check_binding(job_row: Any, source: Source) -> None:
     stored = job_row.filter_text
-    if source.binding.filter_text != stored:
+    if not source.binding.accepts(dataclasses.replace(source.binding, filter_text=stored)):
         given = source.binding.filter_text or "no filter"
         raise JobSourceMismatchError(
             f"job {job_row.job_identifier!r} was bound to filter "
@@ -88,6 +88,8 @@ def _check_binding(job_row: Any, source: Source) -> None:
 async def _count_ahead(
     source: Source, cursor: int | None, id_start: int | None, id_end: int | None
 ) -> Backlog:
+    if cursor is not None and cursor >= 2**63 - 1:  # no 64-bit id after it (issue 13, item 5)
+        return Backlog(0, 0.0 if source.weight_col is not None else None)
     start = max(
         v for v in (id_start, None if cursor is None else cursor + 1, -(2**63)) if v is not None
     )

@@ -104,6 +104,12 @@ class Batch:
 
     async def iter_item_chunks(self, chunk_size: int = 1000) -> AsyncIterator[list[dict[str, Any]]]:
         """Like :meth:`iter_items`, a list of up to ``chunk_size`` rows at a time."""
+        if self._backend.closed:
+            # Fix (issue 13, item 11): streaming reopened the disposed pool of a closed
+            # inventory, and that connection then stayed open.
+            raise InventoryNotOpenError(
+                f"the items of batch {self.id} cannot be read: its inventory was closed"
+            )
         async for chunk in self._source.stream(self.range_start, self.range_end, chunk_size):
             yield chunk
 
@@ -140,6 +146,15 @@ class Batch:
 
     async def _finish(
         self, *, succeeded: bool, result: Any, text: str | None, refund_attempt: bool = False
+    ) -> None:
+        # A cancelled caller: the write runs to its end (issue 13, item 2), and so does
+        # the batch's own state, which must match what the inventory recorded.
+        await complete_despite_cancellation(
+            self._record_outcome(succeeded, result, text, refund_attempt)
+        )
+
+    async def _record_outcome(
+        self, succeeded: bool, result: Any, text: str | None, refund_attempt: bool
     ) -> None:
         max_attempts = await self._backend.finish(
             self.id,

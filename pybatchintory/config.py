@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password", "safe_url"]
+__all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password", "redact", "safe_url", "secrets_of"]
 
 DEFAULT_INVENTORY_URL = "sqlite+aiosqlite:///pybatchintory.sqlite3"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -33,20 +33,93 @@ def _env_files() -> tuple[str, ...]:
 
 # Query parameters that drivers accept as secrets (asyncpg takes ?password=...).
 _SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
+# Up to the LAST '@': a password holding an unencoded '@' ends there, not at the first.
+_USERINFO = re.compile(r"(?s)^([^:/?#]+://[^:/]*):(.*)@([^@]*)$")
+_HIDDEN_REST = "<hidden: the password may hold an unencoded '@'>"
+
+
+def _query_values(url: URL) -> list[str]:
+    values: list[str] = []
+    for key, value in url.query.items():
+        values.append(key)
+        values.extend(value if isinstance(value, tuple) else (value,))
+    return values
+
+
+def _ambiguous(url: URL) -> bool:
+    """Whether the password may have held an unencoded '@'. SQLAlchemy's parser ends a
+    password at the first '@'; the rest of it then shows as the host (``u:ab@SECRET@host``
+    gives host ``SECRET@host``), the database or the query."""
+    if url.password is None:
+        return False
+    return any("@" in part for part in [url.host or "", url.database or "", *_query_values(url)])
+
+
+def _render(url: URL) -> str:
+    """A parsed URL with its password and secret query values as ``***``."""
+    if _ambiguous(url):
+        host = url.host or ""
+        if "@" in host and not any("@" in p for p in [url.database or "", *_query_values(url)]):
+            # The password went on to the host's last '@': the real host follows it.
+            return _render(url.set(host=host.rsplit("@", 1)[1]))
+        user = url.username or ""
+        return f"{url.drivername}://{user}:***@{_HIDDEN_REST}"
+    hidden = {key: "***" for key in url.query if key.lower() in _SECRET_QUERY_KEYS}
+    return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 def safe_url(url: URL) -> str:
-    """Render a parsed URL with its password, also one given in the query, as ``***``."""
-    hidden = {key: "***" for key in url.query if key.lower() in _SECRET_QUERY_KEYS}
-    return url.update_query_dict(hidden).render_as_string(hide_password=True)
+    """Render a parsed URL with its password, also one given in the query, as ``***``.
+
+    Fix (issue 13, item 9): whatever the URL's shape, including a password with an
+    unencoded '@' (which SQLAlchemy reads as part of the host or database)."""
+    return _render(url)
 
 
 def hide_password(url: str) -> str:
     """Render a database URL with its password (in the userinfo or the query) hidden."""
     try:
-        return safe_url(make_url(url))
+        parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparsable URL>"
+    if _ambiguous(parsed):
+        # In the text, the password runs to the last '@': parse what follows it.
+        match = _USERINFO.match(url)
+        if match:
+            try:
+                tail = make_url(f"{match.group(1)}:***@{match.group(3)}")
+            except (ArgumentError, ValueError):
+                return "<unparsable URL>"
+            if not _ambiguous(tail):
+                return _render(tail)
+    return _render(parsed)
+
+
+def secrets_of(url: URL) -> list[str]:
+    """Text that must not appear in a message about ``url``: its password, secret query
+    values and, where the password may hold an unencoded '@', the pieces of it that
+    SQLAlchemy took for the host, database or query. Longest first."""
+    found: set[str] = set()
+    if url.password:
+        found.add(str(url.password))
+    for key, value in url.query.items():
+        if key.lower() in _SECRET_QUERY_KEYS:
+            found.update(v for v in (value if isinstance(value, tuple) else (value,)) if v)
+    if _ambiguous(url):
+        later = [url.database or "", *_query_values(url)]
+        if url.host and any("@" in part for part in later):
+            found.add(url.host)  # the password went on past what was taken for the host
+        for part in [url.host or "", *later]:
+            if "@" in part:
+                found.update(piece for piece in part.rsplit("@", 1)[0].split("@") if piece)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, url: URL) -> str:
+    """``text`` (say, a driver's error message) with every secret of ``url`` as ``***``."""
+    for secret in secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 _PREFIX = "PYBATCHINTORY_"

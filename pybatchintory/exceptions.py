@@ -16,6 +16,7 @@ The tree::
     ├── BatchStateError           a batch is used in a way its state does not allow
     │   └── BatchLostError        the batch's lease was taken over: nothing was recorded
     └── BackendError              the database failed; the driver's error is ``__cause__``
+        └── InventoryFileGoneError    the SQLite file was deleted or replaced while open
 
 Each class's docstring is the advice shown to users. Messages never contain passwords:
 URLs are rendered with the password hidden.
@@ -31,6 +32,7 @@ __all__ = [
     "HorizonUnavailableError",
     "InvalidArgumentError",
     "InvalidFilterError",
+    "InventoryFileGoneError",
     "InventoryNotOpenError",
     "JobSourceMismatchError",
     "PyBatchintoryError",
@@ -118,3 +120,10 @@ class BackendError(PyBatchintoryError):
     ``__cause__``; no batch was half written, and the call can be repeated once the
     database is reachable. If the connection dropped while a finish was being
     committed, the repeat may raise BatchLostError: the first one did land."""
+
+
+class InventoryFileGoneError(BackendError):
+    """The SQLite file of the inventory was deleted or replaced while the inventory was
+    open: what it records would go to a file that no longer exists under its name, and
+    be lost. Nothing was written. Find out what removed the file; open the inventory
+    again to start on the file now at that path."""

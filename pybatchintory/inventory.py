@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import nullcontext
 from types import TracebackType
 from typing import Any, overload
@@ -19,7 +19,6 @@ from ._engines import (
     backend_errors,
     complete_despite_cancellation,
     create_engine,
-    retry_transient,
     write_transaction,
 )
 from ._idle import frontier_reason, nothing_new_reason, window_reason
@@ -138,6 +137,8 @@ class Inventory:
         if store is None:
             return
         store.backend.closed = True  # its batches must not reopen the disposed pool
+        if store.backend.signal is not None:
+            store.backend.signal.close()
         store.forget_sources()
         await complete_despite_cancellation(_dispose(store.engine, store.meta_engine))
 
@@ -446,7 +447,9 @@ class Inventory:
                 record = await backend.reclaim(conn, name, state, job.window, lease, self.worker)
                 if record is not None:
                     return record
-                start = _highest(job.id_start, None if state.cursor is None else state.cursor + 1)
+                if state.exhausted:  # the cursor is at the highest 64-bit id
+                    return None
+                start = _highest(job.id_start, state.next_id)
                 if start is not None and upper is not None and start > upper:
                     return None
                 # Plan on this transaction's own connection when the source lives in the
@@ -479,10 +482,7 @@ class Inventory:
                 )
 
         async with backend_errors(f"acquiring a batch of job {name!r}", backend.engine):
-            if backend.dialect == "sqlite":
-                record = await _take_despite_cancellation(retry_transient(take), backend)
-            else:
-                record = await retry_transient(take)
+            record = await backend.take(take)
         if record is None:
             await self._note_idle(job, cursor[0], upper)
             return None
@@ -548,39 +548,6 @@ async def _hand_back(batch: Batch, exc: BaseException) -> None:
             await batch.error(exc)
     except Exception:  # the original error is the one to report
         logger.exception("could not hand back batch %s", batch.id)
-
-
-async def _take_despite_cancellation(
-    take: Awaitable[BatchRecord | None], backend: Backend
-) -> BatchRecord | None:
-    """SQLite: let a cancelled acquisition's transaction end, then hand its batch back.
-
-    aiosqlite runs BEGIN IMMEDIATE in its own thread; cancelling the awaiting task
-    midway can leave that connection holding the database's write lock, and every
-    other writer would then wait out the busy timeout.
-    """
-    task = asyncio.ensure_future(take)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await complete_despite_cancellation(_release_taken(task, backend))
-        raise
-
-
-async def _release_taken(task: asyncio.Future[BatchRecord | None], backend: Backend) -> None:
-    try:
-        record = await task
-    except Exception:  # the acquisition failed on its own: nothing was taken
-        return
-    if record is not None:
-        await backend.finish(
-            record.id,
-            record.attempt,
-            succeeded=False,
-            result=None,
-            text="the acquisition was cancelled before the batch reached its worker",
-            refund_attempt=True,
-        )
 
 
 def _names_source(arguments: Mapping[str, Any]) -> bool:

@@ -56,7 +56,7 @@ logger = logging.getLogger("pybatchintory")
 
 # The newest revision in versions/ (a unit test holds the two together). A constant, so
 # that the fast path of open() does not load the revision scripts.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 LIBRARY_VERSION = int(HEAD_REVISION)
 # Serialises creation and upgrades across processes (PostgreSQL). The key that
 # pybatchintory 0.1.0 took as a session lock around its create_all: transaction and
@@ -251,17 +251,22 @@ def _refuse_newer(version: int, tables: BackendTables) -> None:
         )
 
 
-def _has_exclusion_constraint(conn: sa.Connection, tables: BackendTables) -> bool:
+def _exclusion_definition(conn: sa.Connection, tables: BackendTables) -> str | None:
+    """The exclusion constraint's definition, or None when the table has none."""
     prep = conn.dialect.identifier_preparer
     # Look on this table only: constraint names are per schema, not per database.
     found = conn.scalar(
         sa.text(
-            "SELECT 1 FROM pg_constraint WHERE conname = :name "
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = :name "
             "AND conrelid = to_regclass(:table)"
         ),
         {"name": exclusion_constraint_name(tables), "table": prep.format_table(tables.batches)},
     )
-    return found is not None
+    return None if found is None else str(found)
+
+
+def _has_exclusion_constraint(conn: sa.Connection, tables: BackendTables) -> bool:
+    return _exclusion_definition(conn, tables) is not None
 
 
 # -- upgrading ---------------------------------------------------------------------------
@@ -376,23 +381,27 @@ def _no_privilege(version: int | None, tables: BackendTables, exc: DBAPIError) -
 def _add_exclusion_constraint(conn: sa.Connection, tables: BackendTables) -> bool:
     """A database-level net under invariant 1, where btree_gist can be had. Returns
     whether the constraint exists afterwards."""
-    if _has_exclusion_constraint(conn, tables):
+    existing = _exclusion_definition(conn, tables)
+    if existing is not None and "int8range" not in existing:
         return True
     prep = conn.dialect.identifier_preparer
     batches = prep.format_table(tables.batches)
     name = prep.quote(exclusion_constraint_name(tables))
+    # numrange, not int8range: int8range(a, b, '[]') is stored as [a, b + 1), out of range
+    # for a batch that ends at 2**63 - 1. Schema version 3 replaces an int8range one.
+    add = (
+        f"ADD CONSTRAINT {name} EXCLUDE USING gist (job_identifier WITH =, "
+        "generation WITH =, numrange(range_start, range_end, '[]') WITH &&)"
+    )
     try:
         # A savepoint: a refusal (no extension, no privilege) must not abort the
         # migration's transaction.
         with conn.begin_nested():
-            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
-            conn.execute(
-                sa.text(
-                    f"ALTER TABLE {batches} ADD CONSTRAINT {name} EXCLUDE USING gist "
-                    "(job_identifier WITH =, generation WITH =, "
-                    "int8range(range_start, range_end, '[]') WITH &&)"
-                )
-            )
+            if existing is not None:
+                conn.execute(sa.text(f"ALTER TABLE {batches} DROP CONSTRAINT {name}, {add}"))
+            else:
+                conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS btree_gist"))
+                conn.execute(sa.text(f"ALTER TABLE {batches} {add}"))
     except DBAPIError as exc:
         logger.info(
             "no exclusion constraint on %s (%s); the job lock alone keeps ranges disjoint",

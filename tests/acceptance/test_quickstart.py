@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ def run_quickstart(cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def inventory(database: Path) -> list[tuple[str, int, int, float, int, str, str | None]]:
-    with sqlite3.connect(database) as db:
+    with closing(sqlite3.connect(database)) as db, db:
         return db.execute(
             "SELECT b.job_identifier, b.range_start, b.range_end, b.weight, b.attempt, "
             "l.status, l.logging FROM inventory b "

@@ -191,3 +191,15 @@ async def test_backend_tables_hold_the_specified_columns(db: Db) -> None:
     assert row.processing_start is not None and row.processing_end is not None
     log = (await db.rows("SELECT id, attempt, status, processing_end FROM {s}inventory_logs"))[0]
     assert tuple(log[:3]) == (batch.id, 1, "succeeded") and log.processing_end is not None
+
+
+async def test_inline_filters_do_not_grow_the_source_cache_without_bound(db: Db) -> None:
+    table = await db.create_meta(weights=[1] * 3)
+    async with db.inventory() as inv:
+        for i in range(80):
+            batch = await inv.acquire_batch(
+                source_table=table, job_identifier=f"j{i}", filter=lambda t: t.c.weight > 0
+            )
+            assert batch is not None
+            await batch.success()
+        assert len(inv.storage._sources) <= 64

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from pybatchintory import Batch, BatchStateError, InvalidArgumentError, Inventory
+from pybatchintory import (
+    Batch,
+    BatchStateError,
+    InvalidArgumentError,
+    Inventory,
+    InventoryNotOpenError,
+)
 from tests.conftest import Db
 
 
@@ -200,6 +206,28 @@ async def test_async_with_cannot_enter_a_finished_batch(db: Db) -> None:
                 pass
 
 
+async def test_async_with_leaves_an_outcome_the_body_recorded_alone(db: Db) -> None:
+    table = await db.create_meta(weights=[1, 1])
+    async with db.inventory() as inv:
+        batch = await inv.acquire_batch(source_table=table, job_identifier="j", max_items=1)
+        assert batch is not None
+        async with batch:
+            await batch.success({"rows": 1})
+        assert batch.status == "succeeded" and batch.result == {"rows": 1}
+
+        failing = await inv.acquire_batch(source_table=table, job_identifier="j", max_items=1)
+        assert failing is not None
+        with pytest.raises(ValueError, match="the body's own error"):
+            async with failing:
+                await failing.error("recorded by hand")
+                raise ValueError("the body's own error")
+    logs = await db.rows("SELECT status, logging FROM {s}inventory_logs ORDER BY id")
+    assert [(row.status, row.logging) for row in logs] == [
+        ("succeeded", None),
+        ("failed", "recorded by hand"),
+    ]
+
+
 # -- process -----------------------------------------------------------------------
 
 
@@ -343,3 +371,21 @@ async def test_two_inventories_with_many_tasks_never_get_overlapping_ranges(db: 
     )
     assert [(r.range_start, r.range_end) for r in stored] == ranges
     assert {r.status for r in stored} == {"succeeded"}
+
+
+# -- a closed inventory --------------------------------------------------------------
+
+
+async def test_a_closed_inventory_refuses_clearly_and_its_batches_cannot_reopen_it(db: Db) -> None:
+    table = await db.create_meta(weights=[1, 1])
+    inv = db.inventory()
+    with pytest.raises(InventoryNotOpenError, match="async with Inventory"):
+        await inv.acquire_batch(source_table=table, job_identifier="j")
+    await inv.open()
+    batch = await inv.acquire_batch(source_table=table, job_identifier="j", max_items=1)
+    assert batch is not None
+    await inv.close()
+    with pytest.raises(InventoryNotOpenError, match="closed"):
+        await batch.success()
+    with pytest.raises(InventoryNotOpenError):
+        await batch.heartbeat()

@@ -8,13 +8,11 @@ Nothing here is timed; the plans' shapes and row counts are what must hold.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Db
+from tests.plans import Captured, pg_plan, scans_of, sqlite_plan
 
 TABLE_ROWS = 200_000
 BATCH = 100
@@ -37,51 +35,13 @@ async def _big_table(db: Db, name: str = "big") -> str:
     return db.qualified(name)
 
 
-class Captured:
-    """Every statement an engine sends, with its parameters, while attached."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine.sync_engine
-        self.statements: list[tuple[str, Any]] = []
-
-    def _record(self, conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        self.statements.append((statement, parameters))
-
-    def __enter__(self) -> Captured:
-        sa.event.listen(self.engine, "before_cursor_execute", self._record)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        sa.event.remove(self.engine, "before_cursor_execute", self._record)
-
-    def matching(self, *fragments: str) -> list[tuple[str, Any]]:
-        return [(s, p) for s, p in self.statements if all(f in s for f in fragments)]
-
-
-async def _explain(engine: AsyncEngine, statement: str, parameters: Any) -> dict[str, Any]:
-    async with engine.connect() as conn:
-        raw = (
-            await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters)
-        ).scalar_one()
-    plan = json.loads(raw) if isinstance(raw, str) else raw
-    return plan[0]["Plan"]  # type: ignore[no-any-return]
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
-def _scans_of(plan: dict[str, Any], relation: str) -> list[dict[str, Any]]:
-    return [n for n in _nodes(plan) if n.get("Relation Name") == relation]
-
-
 async def test_planning_reads_the_id_index_in_proportion_to_the_batch(pg_only: Db) -> None:
     db = pg_only
     table = await _big_table(db)
     async with db.inventory() as inv:
-        with Captured(inv.meta_engine) as meta:
+        # Both URLs name one database, so planning runs on the acquisition's own (inventory)
+        # connection; capture both engines.
+        with Captured(inv.meta_engine) as meta, Captured(inv.inventory_engine) as own:
             # an incremental batch, a backfill window in the middle of the table, and a
             # run (whose upper bound adds `id <= :upper`), with a filter on the last
             first = await inv.acquire_batch(source_table=table, job_identifier="inc", weight=BATCH)
@@ -98,11 +58,14 @@ async def test_planning_reads_the_id_index_in_proportion_to_the_batch(pg_only: D
             await batch.success()
         assert middle is not None and middle.range_start == 150_000
 
-        planning = meta.matching("weight", "ORDER BY", "LIMIT", ".big")
+        planning = [
+            *meta.matching("weight", "ORDER BY", "LIMIT", ".big"),
+            *own.matching("weight", "ORDER BY", "LIMIT", ".big"),
+        ]
         assert len(planning) >= 4
         for statement, parameters in planning:
-            plan = await _explain(inv.meta_engine, statement, parameters)
-            scans = _scans_of(plan, "big")
+            plan = await pg_plan(inv.meta_engine, statement, parameters)
+            scans = scans_of(plan, "big")
             assert scans, json.dumps(plan)[:2000]
             for scan in scans:
                 assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
@@ -117,67 +80,72 @@ async def test_planning_reads_the_id_index_in_proportion_to_the_batch(pg_only: D
                 assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 2 * limit + 1
 
 
-async def test_reclaim_uses_the_partial_index_of_reclaimable_batches(pg_only: Db) -> None:
-    db = pg_only
-    table = await db.create_meta(weights=[1] * 50)
-    async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
-        assert batch is not None
-        await batch.success()
-        # A long succeeded history of the job, far beyond the table's ids (disjoint ranges).
+async def _long_history(db: Db, job: str) -> None:
+    """PostgreSQL: a long succeeded history of ``job``, far beyond the table's ids
+    (disjoint ranges), and batches that ran out of attempts (failed for good, never
+    reclaimable); then ANALYZE, so that the planner's choice rests on real statistics."""
+    async with db.engine.begin() as conn:
+        for base, status, attempt, count in (
+            (1_000_000_000, "succeeded", 1, 20_000),
+            (2_000_000_000, "failed", 3, 5_000),
+        ):
+            await conn.execute(sa.text(
+                f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
+                "processing_start, processing_end, range_start, range_end, weight, item_count, "
+                f"attempt, max_attempts, status) SELECT '{job}', 0, now(), now(), {base} + 2 * g, "
+                f"{base} + 2 * g + 1, 2, 2, {attempt}, 3, '{status}' "
+                f"FROM generate_series(1, {count}) g"
+            ))
+        await conn.execute(sa.text(f'ANALYZE "{db.schema}".inventory'))
+
+
+async def test_reclaim_and_planning_use_indexes_not_scans(db: Db) -> None:
+    """The reclaim lookup uses a partial index and a planning page the id index, on both
+    backends, or their cost grows with the job's history and the table. SQLite's planner
+    (without ANALYZE) matches partial indexes more narrowly than PostgreSQL's."""
+    table = await db.create_meta(weights=[1] * 20)
+    if db.kind == "postgresql":
+        # Enough rows, analysed, that an index is the planner's choice and not a whim.
+        await db.add_items("meta", [1] * 20_000)
         async with db.engine.begin() as conn:
-            await conn.execute(sa.text(
-                f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
-                "processing_start, processing_end, range_start, range_end, weight, item_count, "
-                "attempt, max_attempts, status) SELECT 'j', 0, now(), now(), 1000000000 + 2 * g, "
-                "1000000000 + 2 * g + 1, 2, 2, 1, 3, 'succeeded' FROM generate_series(1, 20000) g"
-            ))
-            # ...and batches that ran out of attempts: failed for good, never reclaimable.
-            await conn.execute(sa.text(
-                f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
-                "processing_start, processing_end, range_start, range_end, weight, item_count, "
-                "attempt, max_attempts, status) SELECT 'j', 0, now(), now(), 2000000000 + 2 * g, "
-                "2000000000 + 2 * g + 1, 2, 2, 3, 3, 'failed' FROM generate_series(1, 5000) g"
-            ))
-            await conn.execute(sa.text(f'ANALYZE "{db.schema}".inventory'))
-        with Captured(inv.inventory_engine) as backend:
+            await conn.execute(sa.text(f'ANALYZE "{db.schema}".meta'))
+    async with db.inventory() as inv:
+        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
+        assert first is not None
+        await first.success()
+        if db.kind == "postgresql":
+            await _long_history(db, "j")
+        with Captured(inv.inventory_engine) as backend, Captured(inv.meta_engine) as meta:
             again = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
-            assert again is not None
+            assert again is not None and (again.range_start, again.range_end) == (6, 10)
             await again.success()
 
         reclaims = backend.matching("'running'", "lease_expires_at <", "ORDER BY", "LIMIT")
         assert len(reclaims) == 1, backend.statements
-        plan = await _explain(inv.inventory_engine, *reclaims[0])
-        scans = _scans_of(plan, "inventory")
+        # planning runs on the acquisition's own connection (both URLs name one database)
+        pages = [
+            *meta.matching("meta.id, ", "meta.weight", "ORDER BY", "LIMIT"),
+            *backend.matching("meta.id, ", "meta.weight", "ORDER BY", "LIMIT"),
+        ]
+        assert pages, (meta.statements, backend.statements)
+        if db.kind == "sqlite":
+            detail = await sqlite_plan(inv.inventory_engine, *reclaims[0])
+            assert "USING INDEX ix_inventory_unfinished" in detail, detail
+            for page in pages:
+                detail = await sqlite_plan(inv.meta_engine, *page)
+                assert "USING INTEGER PRIMARY KEY" in detail or "USING INDEX" in detail, detail
+            return
+        plan = await pg_plan(inv.inventory_engine, *reclaims[0])
+        scans = scans_of(plan, "inventory")
         assert [s["Node Type"] for s in scans] in (["Index Scan"], ["Index Only Scan"]), plan
         assert scans[0]["Index Name"] == "ix_inventory_reclaimable"
         # Only reclaimable batches are read: none here, whatever the history's length,
         # succeeded or failed for good.
         assert scans[0]["Actual Rows"] + scans[0].get("Rows Removed by Filter", 0) == 0
-
-
-async def test_sqlite_reclaim_and_planning_use_indexes_not_scans(db: Db) -> None:
-    """SQLite's planner matches partial indexes more narrowly than PostgreSQL's: the
-    reclaim lookup must still use one, or its cost grows with the job's history."""
-    if db.kind != "sqlite":
-        return  # PostgreSQL: the EXPLAIN ANALYZE tests above
-    table = await db.create_meta(weights=[1] * 20)
-    async with db.inventory() as inv:
-        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
-        assert first is not None
-        await first.success()
-        with Captured(inv.inventory_engine) as backend, Captured(inv.meta_engine) as meta:
-            again = await inv.acquire_batch(source_table=table, job_identifier="j", weight=5)
-            assert again is not None
-            await again.success()
-        (reclaim,) = backend.matching("'running'", "lease_expires_at <", "ORDER BY", "LIMIT")
-        pages = meta.matching("SELECT meta.id, meta.weight", "ORDER BY", "LIMIT")
-        assert pages, meta.statements
-        async with inv.inventory_engine.connect() as conn:
-            steps = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {reclaim[0]}", reclaim[1])).all()
-        detail = " ".join(str(step[-1]) for step in steps)
-        assert "USING INDEX ix_inventory_unfinished" in detail, detail
-        async with inv.meta_engine.connect() as conn:
-            steps = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {pages[0][0]}", pages[0][1])).all()
-        detail = " ".join(str(step[-1]) for step in steps)
-        assert "USING INTEGER PRIMARY KEY" in detail or "USING INDEX" in detail, detail
+        for page in pages:
+            plan = await pg_plan(inv.meta_engine, *page)
+            scans = scans_of(plan, "meta")
+            assert scans, json.dumps(plan)[:2000]
+            for scan in scans:
+                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
+                assert scan["Index Name"] == "meta_pkey"

@@ -3,7 +3,10 @@ moving past one that is still running or failed (the frontier), on SQLite and Po
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+
+import pytest
 
 from pybatchintory import Inventory
 from tests.conftest import Db
@@ -124,3 +127,22 @@ async def test_a_downstream_batch_with_a_filtered_root_needs_the_root_filter(db:
         trusted = [r["id"] async for r in inv.iter_source_items(down, trust_stored_filter=True)]
         assert trusted == [4, 5, 6]
         await down.success()
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
+async def test_concurrent_downstream_acquisitions_do_not_starve_a_small_pool(db: Db) -> None:
+    # A downstream job plans on the inventory engine. Planning on a second pooled
+    # connection while waiters hold the others used to wait out the pool timeout.
+    table = await db.create_meta(weights=[1] * 12)
+    async with db.inventory(pool_size=1) as inv:
+        while (up := await inv.acquire_batch(source_table=table, job_identifier="up", weight=1)):
+            await up.success()
+
+        async def take() -> int:
+            batch = await inv.acquire_batch(source_job="up", job_identifier="down", weight=2)
+            assert batch is not None
+            await batch.success()
+            return batch.item_count
+
+        counts = await asyncio.wait_for(asyncio.gather(*(take() for _ in range(4))), 20)
+    assert sum(counts) == 8

@@ -132,3 +132,16 @@ async def test_injected_serialization_failures_and_deadlocks_are_retried(
     assert [tuple(r) for r in rows] == [(1, 4, 1, "succeeded"), (5, 8, 1, "succeeded")]
     assert await db.scalar("SELECT count(*) FROM {s}inventory_logs") == 2
     assert await db.scalar("SELECT cursor FROM {s}inventory_jobs") == 8
+
+
+async def test_release_hands_a_batch_back_without_using_an_attempt(db: Db) -> None:
+    table = await db.create_meta(weights=[1] * 3)
+    async with db.inventory() as inv:
+        batch = await inv.acquire_batch(source_table=table, job_identifier="j", max_attempts=1)
+        assert batch is not None
+        await batch.release()
+        again = await inv.acquire_batch(source_table=table, job_identifier="j", max_attempts=1)
+        assert again is not None
+        assert (again.id, again.range_end, again.attempt) == (batch.id, 3, 2)
+        await again.success()
+    assert await db.scalar("SELECT status FROM {s}inventory") == "succeeded"

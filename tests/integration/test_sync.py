@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ import pybatchintory
 from pybatchintory import (
     BatchStateError,
     InvalidArgumentError,
+    InventoryNotOpenError,
     SyncBatch,
     SyncInventory,
     acquire_batch,
@@ -337,3 +339,17 @@ async def test_one_sync_inventory_shared_by_many_threads_hands_out_disjoint_rang
     stored = await _batches(db, "shared")
     assert [(s, e) for s, e, _, _ in stored] == ranges
     assert {status for *_, status in stored} == {"succeeded"}
+
+
+def test_a_sync_batch_of_a_closed_sync_inventory_raises_our_error(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'closed.sqlite3'}"
+    with SyncInventory(url) as inv:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'closed.sqlite3'}")
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE meta (id INTEGER PRIMARY KEY, weight REAL)"))
+            conn.execute(sa.text("INSERT INTO meta (weight) VALUES (1)"))
+        engine.dispose()
+        batch = inv.acquire_batch(source_table="meta", job_identifier="j")
+        assert batch is not None
+    with pytest.raises(InventoryNotOpenError, match="SyncInventory was closed"):
+        batch.success()
