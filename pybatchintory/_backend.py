@@ -99,11 +99,12 @@ class Backend:
 
     # -- creation -------------------------------------------------------------------
 
-    async def create_tables(self) -> None:
+    async def create_tables(self, *, create: bool = True) -> None:
         """Create the tables, or upgrade them to this library's schema version, or (the
         usual case, one read) find them current; safe when many processes do it at
-        once. See :mod:`pybatchintory._migrations`."""
-        await ensure_current(self.engine, self.tables)
+        once. ``create=False``: only check that they are current, issuing no DDL. See
+        :mod:`pybatchintory._migrations`."""
+        await ensure_current(self.engine, self.tables, create=create)
 
     # -- acquisition (inside the caller's write transaction) -----------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,6 +66,8 @@ _ACQUIRE_BUSY_MS = 20
 _YIELD_SECONDS = 1.0
 # PostgreSQL engines created in autocommit mode (the metadata engine)
 _AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+# PostgreSQL engines behind PgBouncer in transaction pooling mode: no autocommit
+_PGBOUNCER_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def _async_url(dsn: str) -> URL:
@@ -92,27 +95,134 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
     ``writer`` engines hold the backend tables: on SQLite they use WAL and open every
     transaction with the mode given in the ``sqlite_begin`` execution option, so that
     an acquisition takes the write lock before it reads (``BEGIN IMMEDIATE``).
+
+    ``settings.pgbouncer`` (PostgreSQL behind PgBouncer in transaction pooling mode)
+    applies SQLAlchemy's documented recipe for asyncpg ("Prepared Statement Name with
+    PGBouncer" in the asyncpg dialect's documentation): unique prepared statement names
+    (``prepared_statement_name_func``), and no statement cache in asyncpg
+    (``statement_cache_size=0``) nor in SQLAlchemy's adapter
+    (``prepared_statement_cache_size=0``). And no autocommit: every statement runs in a
+    transaction, so that a statement's Parse and its Execute reach one server
+    connection (see :func:`read_connection`).
     """
-    url = _async_url(dsn)
+    url, query_args = _split_driver_query(_async_url(dsn))
+    postgresql = url.get_backend_name() == "postgresql"
+    pgbouncer = postgresql and settings.pgbouncer
     kwargs: dict[str, Any] = {}
-    if url.get_backend_name() == "postgresql":
+    connect_args: dict[str, Any] = {}
+    if postgresql:
         kwargs["pool_size"] = settings.pool_size
         kwargs["max_overflow"] = settings.pool_size
-        kwargs["connect_args"] = {"server_settings": {"application_name": "pybatchintory"}}
+        connect_args["server_settings"] = {"application_name": "pybatchintory"}
         # The metadata engine only reads, one statement at a time: autocommit, set once
-        # per pooled connection, saves BEGIN/ROLLBACK round trips on every read.
-        kwargs["isolation_level"] = settings.isolation_level if writer else "AUTOCOMMIT"
+        # per pooled connection, saves BEGIN/ROLLBACK round trips on every read. Not
+        # behind PgBouncer: there a statement outside a transaction may be prepared on
+        # one server connection and executed on another.
+        if writer:
+            kwargs["isolation_level"] = settings.isolation_level
+        else:
+            kwargs["isolation_level"] = "READ COMMITTED" if pgbouncer else "AUTOCOMMIT"
+        if pgbouncer:
+            connect_args.update(
+                statement_cache_size=0,
+                prepared_statement_cache_size=0,
+                prepared_statement_name_func=_unique_statement_name,
+            )
+    connect_args.update(query_args)
+    for key, value in settings.connect_args.items():
+        if key == "server_settings" and isinstance(value, dict):
+            value = {**connect_args.get("server_settings", {}), **value}
+        connect_args[key] = value
+    kwargs["connect_args"] = connect_args
+    options = _engine_options(settings.engine_options, dsn)
+    if options.get("poolclass") in (sa.pool.NullPool, sa.pool.StaticPool):
+        for key in ("pool_size", "max_overflow"):  # these pools take no sizes
+            if key not in options:
+                kwargs.pop(key, None)
+    kwargs.update(options)
     try:
         engine = create_async_engine(url, **kwargs)
-    except (ArgumentError, NoSuchModuleError) as exc:
+    except (ArgumentError, NoSuchModuleError, TypeError, ValueError) as exc:
         message = redact(str(exc), url)
-        raise ConfigurationError(f"cannot create an engine for {hide_password(dsn)}: {message}") from None
+        raise ConfigurationError(
+            f"cannot create an engine for {hide_password(dsn)} (check engine_options): "
+            f"{type(exc).__name__}: {message}"
+        ) from None
+    _refuse_bad_connect_args(engine, dsn, url)
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, settings, writer=writer)
-    elif not writer:
+    elif not writer and not pgbouncer:
         _AUTOCOMMIT_ENGINES.add(engine.sync_engine)
+    if pgbouncer:
+        _PGBOUNCER_ENGINES.add(engine.sync_engine)
     _ENGINES.add(engine)
     return engine
+
+
+def _unique_statement_name() -> str:
+    """A prepared statement name no other client of a PgBouncer server connection uses."""
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+# asyncpg's connect() takes these as numbers; in a URL's query they arrive as strings.
+_NUMERIC_QUERY_ARGS = {
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": float,
+    "max_cacheable_statement_size": int,
+    "command_timeout": float,
+    "timeout": float,
+}
+
+
+def _split_driver_query(url: URL) -> tuple[URL, dict[str, Any]]:
+    """Take asyncpg's numeric connect arguments out of the URL's query, as numbers: the
+    dialect passes query values on as strings, which asyncpg refuses with a TypeError."""
+    if url.get_backend_name() != "postgresql":
+        return url, {}
+    found: dict[str, Any] = {}
+    for key, kind in _NUMERIC_QUERY_ARGS.items():
+        if key not in url.query:
+            continue
+        raw = url.query[key]
+        try:
+            found[key] = kind(raw if isinstance(raw, str) else raw[-1])
+        except ValueError:
+            raise ConfigurationError(
+                f"{safe_url(url)}: the query parameter {key} must be a number"
+            ) from None
+    return url.difference_update_query(found), found
+
+
+def _engine_options(options: dict[str, Any], dsn: str) -> dict[str, Any]:
+    """``engine_options`` as create_async_engine takes them; ``poolclass`` may be
+    named (``"NullPool"``), as it must be in the environment."""
+    options = dict(options)
+    poolclass = options.get("poolclass")
+    if isinstance(poolclass, str):
+        found = getattr(sa.pool, poolclass, None)
+        if not (isinstance(found, type) and issubclass(found, sa.Pool)):
+            raise ConfigurationError(
+                f"cannot create an engine for {hide_password(dsn)}: engine_options "
+                f"poolclass {poolclass!r} is not a pool class of sqlalchemy.pool"
+            )
+        options["poolclass"] = found
+    return options
+
+
+def _refuse_bad_connect_args(engine: AsyncEngine, dsn: str, url: URL) -> None:
+    """A connect argument the driver does not take fails each connection with a
+    TypeError: make it a ConfigurationError naming the argument, without the URL's
+    password."""
+
+    @sa.event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: sa.Dialect, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"cannot connect to {hide_password(dsn)}: a connect argument (connect_args "
+                f"setting or URL query) is wrong: {redact(str(exc), url)}"
+            ) from None
 
 
 def _forget_connections_after_fork() -> None:
@@ -255,8 +365,16 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 @asynccontextmanager
 async def read_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection for short reads, or for one statement that is a whole write:
-    PostgreSQL skips the BEGIN/ROLLBACK round trips."""
+    PostgreSQL skips the BEGIN/ROLLBACK round trips. Behind PgBouncer (transaction
+    pooling) it is a READ COMMITTED transaction instead, committed at the end: outside
+    a transaction, PgBouncer may run a statement's Execute on another server connection
+    than its Parse."""
     async with engine.connect() as conn:
+        if engine.sync_engine in _PGBOUNCER_ENGINES:
+            conn = await conn.execution_options(isolation_level="READ COMMITTED")
+            async with conn.begin():
+                yield conn
+            return
         if engine.dialect.name == "postgresql" and engine.sync_engine not in _AUTOCOMMIT_ENGINES:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn

@@ -388,7 +388,12 @@ async def _schema_command(args: argparse.Namespace, settings: Settings) -> tuple
 
 async def _run(args: argparse.Namespace) -> tuple[Any, str]:
     """Run the command; return its JSON-able value and its text for people."""
-    inventory = Inventory(getattr(args, "inventory_url", None), getattr(args, "meta_url", None))
+    inventory = Inventory(
+        getattr(args, "inventory_url", None),
+        getattr(args, "meta_url", None),
+        # init is the command that creates them, whatever the setting says
+        create_tables=True if args.command == "init" else None,
+    )
     if args.command in ("migrate", "check"):
         return await _schema_command(args, inventory.settings)
     async with inventory:

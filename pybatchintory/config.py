@@ -186,6 +186,28 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="SQLite: how long a writer waits for the lock."
     )
     pool_size: int = Field(default=5, ge=1, description="Pooled connections per engine.")
+    create_tables: bool = Field(
+        default=True,
+        description="Whether open() creates or upgrades the backend tables; off, it "
+        "issues no DDL and refuses tables that are missing or old (run pybatchintory "
+        "init or migrate as an admin role).",
+    )
+    pgbouncer: bool = Field(
+        default=False,
+        description="PostgreSQL behind PgBouncer in transaction pooling mode: unique "
+        "prepared statement names, no statement caches, every statement in a transaction.",
+    )
+    engine_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments of SQLAlchemy's create_async_engine "
+        "(JSON in the environment); they win over the library's own.",
+    )
+    connect_args: dict[str, Any] = Field(
+        default_factory=dict,
+        repr=False,  # may carry a password
+        description="Extra keyword arguments of the driver's connect (asyncpg.connect, "
+        "aiosqlite.connect; JSON in the environment).",
+    )
 
     def __init__(self, **values: Any) -> None:
         values.setdefault("_env_file", _env_files())

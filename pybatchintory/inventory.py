@@ -119,7 +119,8 @@ class Inventory:
     # -- life cycle ----------------------------------------------------------------
 
     async def open(self) -> Inventory:
-        """Create the engines and, if absent, the backend tables."""
+        """Create the engines and, if absent, the backend tables (with the
+        ``create_tables`` setting off: only check that they are current)."""
         if self._storage is not None:
             return self
         try:
@@ -134,7 +135,7 @@ class Inventory:
         meta_engine = create_engine(self.settings.meta_dsn, self.settings, writer=False)
         backend = Backend(inventory_engine, self._tables)
         try:
-            await backend.create_tables()
+            await backend.create_tables(create=self.settings.create_tables)
         except BaseException:
             await complete_despite_cancellation(_dispose(inventory_engine, meta_engine))
             raise

@@ -133,17 +133,49 @@ class MigrationResult:
 # -- the fast path ---------------------------------------------------------------------
 
 
-async def ensure_current(engine: AsyncEngine, tables: BackendTables) -> None:
+async def ensure_current(engine: AsyncEngine, tables: BackendTables, *, create: bool = True) -> None:
     """Make the backend tables current: create, or upgrade, or nothing (the usual case,
     one read). Raises SchemaVersionError for tables newer than this library, or for an
-    upgrade refused for lack of privilege."""
+    upgrade refused for lack of privilege.
+
+    ``create=False`` (the ``create_tables`` setting): never issue DDL; tables that are
+    missing or older than this library raise SchemaVersionError naming
+    ``pybatchintory init`` or ``pybatchintory migrate``."""
     async with backend_errors("creating or upgrading the backend tables", engine):
         stamped = await _read_version_quickly(engine, tables)
         if stamped == HEAD_REVISION:
             return
         if stamped is not None:
             _refuse_newer(_parse(stamped, tables), tables)
+        if not create:
+            state = await read_state(engine, tables)
+            _refuse_without_creation(state, tables)
+            return
         await _upgrade(engine, tables, dry_run=False)
+
+
+def _refuse_without_creation(state: SchemaState, tables: BackendTables) -> None:
+    """create_tables=False: tables that are not current are an error, not a job."""
+    if state.status == "current":
+        return
+    if state.tables_version is not None:
+        _refuse_newer(state.tables_version, tables)
+    where = (
+        f"tables {tables.jobs.name}, {tables.batches.name}, {tables.logs.name} in schema "
+        f"{tables.metadata.schema!r}"
+    )
+    if state.tables_version is None:
+        raise SchemaVersionError(
+            f"the backend tables do not exist ({where}) and create_tables is off: run "
+            "`pybatchintory init` (or `pybatchintory migrate`) once, as a role that may "
+            "create them, with the same settings"
+        )
+    raise SchemaVersionError(
+        f"the backend tables ({where}) are at schema version {state.tables_version}"
+        f"{'' if state.stamped else ' (unstamped)'}, this pybatchintory needs version "
+        f"{LIBRARY_VERSION}, and create_tables is off: run `pybatchintory migrate` as a "
+        "role that may alter them, with the same settings"
+    )
 
 
 async def _read_version_quickly(engine: AsyncEngine, tables: BackendTables) -> str | None:

@@ -46,6 +46,7 @@ def _inventory(args: dict[str, Any]) -> Any:
         settings["isolation_level"] = args["isolation_level"]
     if args.get("busy_timeout_seconds"):
         settings["busy_timeout_seconds"] = args["busy_timeout_seconds"]
+    settings.update(args.get("settings", {}))  # e.g. {"pgbouncer": true}
     return Inventory(**settings, worker=f"{args.get('name', 'w')}:{os.getpid()}")
 
 

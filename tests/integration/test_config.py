@@ -261,6 +261,62 @@ def test_a_url_override_of_given_settings_stays_secret() -> None:
     assert SECRET not in repr(inventory.settings) and SECRET not in repr(inventory)
 
 
+# -- engine and connect options (issue 12, item 1) ---------------------------------------
+
+
+def test_pgbouncer_engine_options_and_connect_args_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYBATCHINTORY_PGBOUNCER", "true")
+    monkeypatch.setenv("PYBATCHINTORY_ENGINE_OPTIONS", '{"pool_recycle": 300, "poolclass": "NullPool"}')
+    monkeypatch.setenv("PYBATCHINTORY_CONNECT_ARGS", '{"command_timeout": 60}')
+    settings = Settings()
+    assert settings.pgbouncer is True
+    assert settings.engine_options == {"pool_recycle": 300, "poolclass": "NullPool"}
+    assert settings.connect_args == {"command_timeout": 60}
+    assert Settings(pgbouncer=False).pgbouncer is False  # code wins
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"connect_args": {"no_such_argument": 1}}, "no_such_argument"),
+        ({"engine_options": {"no_such_option": 1}}, "no_such_option"),
+        ({"engine_options": {"poolclass": "NoSuchPool"}}, "NoSuchPool"),
+        ({"engine_options": {"pool_size": "many"}}, "engine"),
+    ],
+)
+async def test_a_wrong_engine_or_connect_option_is_a_configuration_error_without_the_password(
+    overrides: dict[str, dict[str, object]], named: str
+) -> None:
+    url = f"postgresql+asyncpg://user:{SECRET}@127.0.0.1:1/db"
+    with pytest.raises(ConfigurationError) as raised:
+        async with Inventory(inventory_url=url, **overrides):
+            pass
+    assert named in str(raised.value)
+    assert SECRET not in str(raised.value) and SECRET not in repr(raised.value)
+    assert raised.value.__cause__ is None
+
+
+async def test_numeric_driver_arguments_in_the_url_query_are_numbers() -> None:
+    # asyncpg refused the query's string "0" with a raw TypeError; now the connection is
+    # attempted (and refused: nothing listens on port 1).
+    url = f"postgresql+asyncpg://user:{SECRET}@127.0.0.1:1/db?statement_cache_size=0"
+    with pytest.raises(BackendError) as raised:
+        async with Inventory(inventory_url=url):
+            pass
+    assert "ConnectionRefusedError" in str(raised.value)
+    bad = url.replace("=0", "=none")
+    with pytest.raises(ConfigurationError, match="statement_cache_size must be a number") as raised2:
+        async with Inventory(inventory_url=bad):
+            pass
+    assert SECRET not in str(raised2.value)
+
+
+def test_connect_args_stay_out_of_the_settings_repr() -> None:
+    settings = Settings(connect_args={"password": SECRET})
+    assert SECRET not in repr(settings)
+
 def test_a_misspelled_setting_is_refused_not_ignored() -> None:
     with pytest.raises(ConfigurationError, match="unknown setting.*max_atempts"):
         Inventory("sqlite+aiosqlite:///x.sqlite3", max_atempts=7)
