@@ -58,7 +58,9 @@ def pg_server_dsn() -> str:
     return f"{base}/postgres"
 
 
-def arguments(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def arguments(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """The common command line: ``--quick`` (small sizes, seconds) and ``--reps``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run in seconds")
@@ -252,7 +254,10 @@ async def prefill_history(tgt: Target, batches: int, first_id: int, span: int = 
                     "max_attempts, status) SELECT $1, 0, now(), now(), $2::bigint + (g - 1) * $3, "
                     "$2::bigint + g * $3 - 1, $3, $3, 1, 3, 'succeeded' "
                     "FROM generate_series(1, $4::bigint) g",
-                    JOB, first_id, span, batches,
+                    JOB,
+                    first_id,
+                    span,
+                    batches,
                 )
                 await conn.execute(
                     f"INSERT INTO {s}.inventory_logs (id, attempt, processing_start, processing_end, status) "
@@ -260,7 +265,9 @@ async def prefill_history(tgt: Target, batches: int, first_id: int, span: int = 
                     f"WHERE id NOT IN (SELECT id FROM {s}.inventory_logs)"
                 )
                 await conn.execute(
-                    f"UPDATE {s}.inventory_jobs SET cursor = $1 WHERE job_identifier = $2", last, JOB
+                    f"UPDATE {s}.inventory_jobs SET cursor = $1 WHERE job_identifier = $2",
+                    last,
+                    JOB,
                 )
             await conn.execute(f"ANALYZE {s}.inventory")
             await conn.execute(f"ANALYZE {s}.inventory_logs")
@@ -283,7 +290,9 @@ async def prefill_history(tgt: Target, batches: int, first_id: int, span: int = 
                 "SELECT id, 1, processing_start, processing_end, 'succeeded' FROM inventory "
                 "WHERE id NOT IN (SELECT id FROM inventory_logs)"
             )
-            conn.execute("UPDATE inventory_jobs SET cursor = ? WHERE job_identifier = ?", (last, JOB))
+            conn.execute(
+                "UPDATE inventory_jobs SET cursor = ? WHERE job_identifier = ?", (last, JOB)
+            )
             conn.commit()
             conn.execute("ANALYZE")
             conn.commit()
@@ -331,12 +340,18 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+def print_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> None:
     """A Markdown table, so that it can be pasted into the README as is."""
     cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"\n### {title}\n")
-    line = lambda r: "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
+
+    def line(r: Sequence[str]) -> str:
+        cells_ = (c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "| " + " | ".join(cells_) + " |"
+
     print(line(cells[0]))
     print("|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|")
     for r in cells[1:]:

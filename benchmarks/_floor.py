@@ -144,7 +144,13 @@ class PgFloor:
                 return False
             first, last, weight, count = planned
             batch = await inv.fetchrow(
-                s["record_batch"], self.job, job["generation"], first, last, weight, count,
+                s["record_batch"],
+                self.job,
+                job["generation"],
+                first,
+                last,
+                weight,
+                count,
                 self.worker,
             )
         items = [dict(r) for r in await self.meta.fetch(s["load"], first, last)]
@@ -164,7 +170,12 @@ class SqliteFloor:
 
     async def open(self) -> SqliteFloor:
         self.inv = sqlite3.connect(self.paths[0], isolation_level=None)
-        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+        for pragma in (
+            "busy_timeout = 30000",
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "foreign_keys = ON",
+        ):
             self.inv.execute(f"PRAGMA {pragma}")
         self.meta = sqlite3.connect(self.paths[1])
         return self
@@ -185,11 +196,15 @@ class SqliteFloor:
         s, inv = self.sql, self.inv
         inv.execute("BEGIN IMMEDIATE")
         try:
-            _kind, _src, _col, _flt, cursor, generation = inv.execute(s["lock"], (self.job, "items")).fetchone()
+            _kind, _src, _col, _flt, cursor, generation = inv.execute(
+                s["lock"], (self.job, "items")
+            ).fetchone()
             if inv.execute(s["reclaim"], (self.job, generation)).fetchone() is not None:
                 raise RuntimeError("the floor never fails a batch")
             start = 1 if cursor is None else cursor + 1
-            planned = _take(self.meta.execute(s["plan"], (start, BATCH_ITEMS + 1)).fetchall(), BATCH_ITEMS)
+            planned = _take(
+                self.meta.execute(s["plan"], (start, BATCH_ITEMS + 1)).fetchall(), BATCH_ITEMS
+            )
             if planned is None:
                 inv.execute("ROLLBACK")
                 return False
@@ -221,7 +236,12 @@ class AiosqliteFloor(SqliteFloor):
 
     async def open(self) -> AiosqliteFloor:  # type: ignore[override]
         self.ainv = await aiosqlite.connect(self.paths[0], isolation_level=None)
-        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON"):
+        for pragma in (
+            "busy_timeout = 30000",
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "foreign_keys = ON",
+        ):
             await self.ainv.execute(f"PRAGMA {pragma}")
         self.ameta = await aiosqlite.connect(self.paths[1])
         return self
@@ -247,7 +267,9 @@ class AiosqliteFloor(SqliteFloor):
 
         await inv.execute("BEGIN IMMEDIATE")
         try:
-            _kind, _src, _col, _flt, cursor, generation = await row(inv, s["lock"], (self.job, "items"))
+            _kind, _src, _col, _flt, cursor, generation = await row(
+                inv, s["lock"], (self.job, "items")
+            )
             if await row(inv, s["reclaim"], (self.job, generation)) is not None:
                 raise RuntimeError("the floor never fails a batch")
             start = 1 if cursor is None else cursor + 1
@@ -257,9 +279,13 @@ class AiosqliteFloor(SqliteFloor):
                 await inv.execute("ROLLBACK")
                 return False
             first, last, weight, count = planned
-            batch_id = (await row(
-                inv, s["insert"], (self.job, generation, first, last, weight, count, self.worker)
-            ))[0]
+            batch_id = (
+                await row(
+                    inv,
+                    s["insert"],
+                    (self.job, generation, first, last, weight, count, self.worker),
+                )
+            )[0]
             await inv.execute(s["open_log"], (batch_id, self.worker))
             await inv.execute(s["cursor"], (last, self.job))
             await inv.execute("COMMIT")

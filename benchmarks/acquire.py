@@ -30,7 +30,9 @@ async def main() -> None:
         for _ in range(reps):
             for key, cycler in cyclers.items():
                 samples[key].append(await c.ms_per_cycle(cycler.cycle, cycles))
-    rows = [[f"{n:,}"] + [c.median(samples[(k, n)]) for k in ("sqlite", "postgresql")] for n in sizes]
+    rows = [
+        [f"{n:,}"] + [c.median(samples[(k, n)]) for k in ("sqlite", "postgresql")] for n in sizes
+    ]
     c.print_table(
         "Acquire: ms per acquire-items-succeed cycle (100-item batches)",
         ["metadata rows", "SQLite ms", "PostgreSQL ms"],

@@ -27,7 +27,10 @@ def acquire_figures(tree: Path) -> dict[tuple[str, str], float]:
     """ms per cycle by (rows, database) from one run of the tree's acquire.py."""
     done = subprocess.run(
         [sys.executable, str(tree / "benchmarks" / "acquire.py"), "--quick"],
-        capture_output=True, text=True, timeout=1800, check=True,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
     )
     figures = {}
     for line in done.stdout.splitlines():
@@ -48,19 +51,27 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.base],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.base],
+            check=True,
+            capture_output=True,
+        )
         try:
             samples: dict[str, list[dict[tuple[str, str], float]]] = {"base": [], "now": []}
             for _ in range(args.runs):
                 samples["base"].append(acquire_figures(base))
                 samples["now"].append(acquire_figures(ROOT))
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                           check=False, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                check=False,
+                capture_output=True,
+            )
     keys = list(samples["now"][0])
-    print(f"\n### Acquire cycle, ms: {args.base} against this checkout "
-          f"(medians of {args.runs} alternating runs of acquire.py --quick)\n")
+    print(
+        f"\n### Acquire cycle, ms: {args.base} against this checkout "
+        f"(medians of {args.runs} alternating runs of acquire.py --quick)\n"
+    )
     print("| metadata rows | database | base ms | now ms | now / base |")
     print("|---|---|--:|--:|--:|")
     for key in keys:

@@ -24,7 +24,9 @@ from _floor import PgFloor
 
 
 def extra(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per configuration")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="measured seconds per configuration"
+    )
     parser.add_argument("--workers", type=int, nargs="*", default=None)
 
 
@@ -64,7 +66,13 @@ def _worker(how: str, tgt: c.Target, job: str, seconds: float, barrier: Any, out
 async def _prepare(rows: int) -> c.Target:
     # Not the c.target() context manager: asyncio.run() would finalise its generator
     # (dropping the schema) as soon as this loop ends, before the workers start.
-    tgt = c.Target("postgresql", c.PG_URL, c.PG_URL, await c.pg_meta_table(rows), f"inv_{uuid.uuid4().hex[:10]}")
+    tgt = c.Target(
+        "postgresql",
+        c.PG_URL,
+        c.PG_URL,
+        await c.pg_meta_table(rows),
+        f"inv_{uuid.uuid4().hex[:10]}",
+    )
     async with tgt.inventory():  # create the backend tables once, before the workers race
         pass
     return tgt
@@ -85,7 +93,9 @@ def measure(how: str, workers: int, jobs: int, rows: int, seconds: float) -> flo
         ctx = mp.get_context("fork")
         barrier, out = ctx.Barrier(workers), ctx.Queue()
         procs = [
-            ctx.Process(target=_worker, args=(how, tgt, f"{c.JOB}_{i % jobs}", seconds, barrier, out))
+            ctx.Process(
+                target=_worker, args=(how, tgt, f"{c.JOB}_{i % jobs}", seconds, barrier, out)
+            )
             for i in range(workers)
         ]
         for p in procs:

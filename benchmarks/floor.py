@@ -44,8 +44,13 @@ async def main() -> None:
     rows = 100_000 if args.quick else 1_000_000
     reps = args.reps or (3 if args.quick else 7)
     cycles = args.cycles or (20 if args.quick else 100)
-    plan = [("sqlite", "library"), ("sqlite", "sqlite3"), ("sqlite", "aiosqlite"),
-            ("postgresql", "library"), ("postgresql", "asyncpg")]
+    plan = [
+        ("sqlite", "library"),
+        ("sqlite", "sqlite3"),
+        ("sqlite", "aiosqlite"),
+        ("postgresql", "library"),
+        ("postgresql", "asyncpg"),
+    ]
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in plan}
     async with AsyncExitStack() as stack:
         runners = {key: await open_runner(stack, key[0], rows, key[1]) for key in plan}
@@ -63,7 +68,14 @@ async def main() -> None:
         table.append([kind, floor, raw, lib, lib / raw, f"{100 * raw / lib:.0f}%"])
     c.print_table(
         f"Floor: library vs raw driver, ms per acquire-items-succeed cycle ({rows:,} rows)",
-        ["database", "floor driver", "floor ms", "library ms", "library / floor", "library cycles/s as % of floor"],
+        [
+            "database",
+            "floor driver",
+            "floor ms",
+            "library ms",
+            "library / floor",
+            "library cycles/s as % of floor",
+        ],
         table,
         [
             f"Median of {reps} repetitions of {cycles} cycles, interleaved; one worker; {c.machine()}.",

@@ -56,7 +56,8 @@ async def writer(dsn: str, table: str, seconds: float, seed: int) -> int:
             n = rng.randint(*ROWS_PER_TXN)
             async with conn.transaction():
                 await conn.execute(
-                    f"INSERT INTO {table} (uri, weight) SELECT 'w', 1 FROM generate_series(1, $1::int)", n
+                    f"INSERT INTO {table} (uri, weight) SELECT 'w', 1 FROM generate_series(1, $1::int)",
+                    n,
                 )
                 await asyncio.sleep(rng.uniform(*WRITE_MS) / 1000)
             written += n
@@ -95,7 +96,9 @@ async def drop_schema(dsn: str, schema: str) -> None:
         await conn.close()
 
 
-async def follow(inv: Any, table: str, horizon: str | None, seconds: float) -> list[tuple[float, bool]]:
+async def follow(
+    inv: Any, table: str, horizon: str | None, seconds: float
+) -> list[tuple[float, bool]]:
     """ms per acquisition of a job that keeps up with the writers, and whether it found a batch."""
     samples = []
     job = f"follow_{horizon}_{uuid.uuid4().hex[:6]}"
@@ -156,7 +159,11 @@ async def main() -> None:
                 await drain_cycles(inv, tgt.source_table, mode, state)
         for _ in range(reps):
             for mode in drain:
-                drain[mode].append(await c.ms_per_cycle(lambda m=mode: drain_cycles(inv, tgt.source_table, m, state), cycles))  # type: ignore[misc]
+                drain[mode].append(
+                    await c.ms_per_cycle(
+                        lambda m=mode: drain_cycles(inv, tgt.source_table, m, state), cycles
+                    )
+                )  # type: ignore[misc]
 
         # 2. and 3. under steady inserts
         schema, table = await stream_table(dsn)

@@ -64,7 +64,9 @@ async def _seed(url: str, schema: str | None, items: int) -> None:
             prefix = f'"{schema}".' if schema else ""
             id_type = "BIGINT" if schema else "INTEGER"
             await conn.execute(
-                sa.text(f"CREATE TABLE {prefix}meta (id {id_type} PRIMARY KEY, weight FLOAT NOT NULL)")
+                sa.text(
+                    f"CREATE TABLE {prefix}meta (id {id_type} PRIMARY KEY, weight FLOAT NOT NULL)"
+                )
             )
             if schema:
                 await conn.execute(
@@ -99,7 +101,9 @@ async def _worker_main(args: dict[str, Any]) -> dict[str, int]:
     settings: dict[str, Any] = {"schema_name": args["schema"], "busy_timeout_seconds": 30}
     if args.get("isolation"):
         settings["isolation_level"] = args["isolation"]
-    async with Inventory(args["url"], args["url"], worker=f"soak-{args['index']}", **settings) as inv:
+    async with Inventory(
+        args["url"], args["url"], worker=f"soak-{args['index']}", **settings
+    ) as inv:
         # Every process ready (started, imported, open) before the clock starts.
         args["ready"].put(args["index"])
         while args["deadline"].value == 0:
@@ -135,7 +139,9 @@ async def _worker_main(args: dict[str, Any]) -> dict[str, int]:
                     counts["errors"] += 1
                     print(f"hammer error: {type(exc).__name__}: {exc}", file=sys.stderr)
 
-        tasks = [holder() for _ in range(args["holders"])] + [hammer() for _ in range(args["hammers"])]
+        tasks = [holder() for _ in range(args["holders"])] + [
+            hammer() for _ in range(args["hammers"])
+        ]
         await asyncio.gather(*tasks)
     return counts
 
@@ -255,7 +261,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--holders", type=int, default=4, help="holder tasks per process")
-    parser.add_argument("--hammers", type=int, default=2, help="acquire-and-finish tasks per process")
+    parser.add_argument(
+        "--hammers", type=int, default=2, help="acquire-and-finish tasks per process"
+    )
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--url", default=None)
     parser.add_argument(

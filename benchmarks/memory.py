@@ -56,7 +56,10 @@ async def _child(kind: str, rows: int, how: str) -> dict[str, float]:
     async with c.target(kind, rows) as tgt, tgt.inventory() as inv:
         if how == "stream":
             batch = await inv.acquire_batch(
-                source_table=tgt.source_table, job_identifier=c.JOB, max_items=rows, load_items=False
+                source_table=tgt.source_table,
+                job_identifier=c.JOB,
+                max_items=rows,
+                load_items=False,
             )
             assert batch is not None
             before, seen = sampler.start(), 0
@@ -64,7 +67,9 @@ async def _child(kind: str, rows: int, how: str) -> dict[str, float]:
                 seen += 1
         else:
             before = sampler.start()
-            batch = await inv.acquire_batch(source_table=tgt.source_table, job_identifier=c.JOB, max_items=rows)
+            batch = await inv.acquire_batch(
+                source_table=tgt.source_table, job_identifier=c.JOB, max_items=rows
+            )
             assert batch is not None
             seen = len(batch.items)
         peak = sampler.stop()
@@ -76,7 +81,9 @@ async def _child(kind: str, rows: int, how: str) -> dict[str, float]:
 def measure(kind: str, rows: int, how: str) -> float:
     out = subprocess.run(
         [sys.executable, str(Path(__file__)), "--child", kind, str(rows), how],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["grew_mib"])
 

@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pybatchintory import Inventory
 
-PG_URL = os.environ.get("PYBATCHINTORY_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "PYBATCHINTORY_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 JOBS = 4
 SPAN = 10  # ids per batch
 BACKLOG = 1000  # metadata rows ahead of each job's cursor
@@ -58,32 +60,43 @@ async def fill(inv: Inventory, prefix: str, batches: int) -> int:
     status = "CASE WHEN i % 10000 = 7 THEN 'running' WHEN i % 1000 = 3 THEN 'failed' ELSE 'succeeded' END"
     top = per_job * SPAN
     async with engine.begin() as conn:
-        await conn.execute(sa.text(
-            f"INSERT INTO {prefix}inventory (id, job_identifier, generation, processing_start, "
-            "processing_end, range_start, range_end, weight, item_count, attempt, max_attempts, "
-            "status, lease_expires_at, worker) "
-            f"SELECT i, 'job_' || (i % {JOBS}), 0, {now}, {now}, ((i - 1) / {JOBS}) * {SPAN} + 1, "
-            f"((i - 1) / {JOBS}) * {SPAN} + {SPAN}, {SPAN}, {SPAN}, 1, 3, {status}, "
-            f"CASE WHEN i % 10000 = 7 THEN {now} END, 'bench' FROM {series(dialect, batches)}"
-        ))
-        await conn.execute(sa.text(
-            f"INSERT INTO {prefix}inventory_logs (id, attempt, processing_start, processing_end, "
-            "status, logging, worker) SELECT id, 1, processing_start, processing_end, status, "
-            f"CASE WHEN status = 'failed' THEN 'Traceback: boom' END, worker FROM {prefix}inventory"
-        ))
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {prefix}inventory (id, job_identifier, generation, processing_start, "
+                "processing_end, range_start, range_end, weight, item_count, attempt, max_attempts, "
+                "status, lease_expires_at, worker) "
+                f"SELECT i, 'job_' || (i % {JOBS}), 0, {now}, {now}, ((i - 1) / {JOBS}) * {SPAN} + 1, "
+                f"((i - 1) / {JOBS}) * {SPAN} + {SPAN}, {SPAN}, {SPAN}, 1, 3, {status}, "
+                f"CASE WHEN i % 10000 = 7 THEN {now} END, 'bench' FROM {series(dialect, batches)}"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {prefix}inventory_logs (id, attempt, processing_start, processing_end, "
+                "status, logging, worker) SELECT id, 1, processing_start, processing_end, status, "
+                f"CASE WHEN status = 'failed' THEN 'Traceback: boom' END, worker FROM {prefix}inventory"
+            )
+        )
         for j in range(JOBS):
-            await conn.execute(sa.text(
-                f"INSERT INTO {prefix}inventory_jobs (job_identifier, source_kind, source, id_column, "
-                f"filter_text, cursor, generation, created_at, updated_at) VALUES "
-                f"('job_{j}', 'table', :source, 'id', '', {top}, 0, {now}, {now})"
-            ), {"source": f"{prefix}meta".rstrip(".")})
-        await conn.execute(sa.text(
-            f"CREATE TABLE {prefix}meta (id BIGINT PRIMARY KEY, uri TEXT NOT NULL, weight FLOAT NOT NULL)"
-        ))
-        await conn.execute(sa.text(
-            f"INSERT INTO {prefix}meta (id, uri, weight) SELECT i + {top - BACKLOG}, 'f', 1 "
-            f"FROM {series(dialect, 2 * BACKLOG)}"
-        ))
+            await conn.execute(
+                sa.text(
+                    f"INSERT INTO {prefix}inventory_jobs (job_identifier, source_kind, source, id_column, "
+                    f"filter_text, cursor, generation, created_at, updated_at) VALUES "
+                    f"('job_{j}', 'table', :source, 'id', '', {top}, 0, {now}, {now})"
+                ),
+                {"source": f"{prefix}meta".rstrip(".")},
+            )
+        await conn.execute(
+            sa.text(
+                f"CREATE TABLE {prefix}meta (id BIGINT PRIMARY KEY, uri TEXT NOT NULL, weight FLOAT NOT NULL)"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {prefix}meta (id, uri, weight) SELECT i + {top - BACKLOG}, 'f', 1 "
+                f"FROM {series(dialect, 2 * BACKLOG)}"
+            )
+        )
         if dialect == "postgresql":
             await conn.execute(sa.text(f"ANALYZE {prefix}inventory"))
             await conn.execute(sa.text(f"ANALYZE {prefix}inventory_logs"))
@@ -119,7 +132,9 @@ async def bench(kind: str, batches: int) -> None:
         async with Inventory(url, schema_name=schema) as inv:
             start = time.perf_counter()
             top = await fill(inv, prefix, batches)
-            print(f"{kind}: {batches:,} batches (+ log rows) inserted in {time.perf_counter() - start:.1f} s")
+            print(
+                f"{kind}: {batches:,} batches (+ log rows) inserted in {time.perf_counter() - start:.1f} s"
+            )
             table = f"{prefix}meta".rstrip(".")
             rng = random.Random(4)
             entries = await inv.trace(table, top // 2)
@@ -128,9 +143,13 @@ async def bench(kind: str, batches: int) -> None:
             status = await median_ms(lambda: inv.status("job_3"), 10)
             figures = await inv.status("job_3")
             jobs = await median_ms(inv.jobs, 10)
-            print(f"  trace(table, id): {trace:8.2f} ms median of 200 ({JOBS} jobs, {JOBS} batches found)")
-            print(f"  status(job):      {status:8.2f} ms median of 10 ({figures.succeeded:,} succeeded, "
-                  f"{figures.failed} failed, {figures.running} running; backlog {figures.backlog})")
+            print(
+                f"  trace(table, id): {trace:8.2f} ms median of 200 ({JOBS} jobs, {JOBS} batches found)"
+            )
+            print(
+                f"  status(job):      {status:8.2f} ms median of 10 ({figures.succeeded:,} succeeded, "
+                f"{figures.failed} failed, {figures.running} running; backlog {figures.backlog})"
+            )
             print(f"  jobs():           {jobs:8.2f} ms median of 10")
     finally:
         if schema:

@@ -33,14 +33,35 @@ def ensure_peer() -> str | None:
     """None when 0.0.8 is ready to run, else why it is not."""
     try:
         if not PYTHON.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-        probe = subprocess.run([str(PYTHON), "-I", "-c", "import pybatchintory, psycopg2"], capture_output=True, text=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True
+            )
+        probe = subprocess.run(
+            [str(PYTHON), "-I", "-c", "import pybatchintory, psycopg2"],
+            capture_output=True,
+            text=True,
+        )
         if probe.returncode != 0:
             subprocess.run(
-                [str(PYTHON), "-m", "pip", "install", "-q", "pybatchintory==0.0.8", "numpy<2", "psycopg2-binary"],
-                check=True, capture_output=True, text=True,
+                [
+                    str(PYTHON),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "pybatchintory==0.0.8",
+                    "numpy<2",
+                    "psycopg2-binary",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
             )
-        probe = subprocess.run([str(PYTHON), "-I", "-c", "import pybatchintory, psycopg2"], capture_output=True, text=True)
+        probe = subprocess.run(
+            [str(PYTHON), "-I", "-c", "import pybatchintory, psycopg2"],
+            capture_output=True,
+            text=True,
+        )
         if probe.returncode != 0:
             return f"0.0.8 does not import: {probe.stderr.strip().splitlines()[-1]}"
     except subprocess.CalledProcessError as exc:
@@ -64,7 +85,9 @@ def peer_ms(table: str, cycles: int) -> float:
     try:
         out = subprocess.run(
             [str(PYTHON), "-I", str(DRIVER), url, schema, table, str(cycles)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return float(json.loads(out.stdout.strip().splitlines()[-1])["ms"])
     finally:
@@ -109,7 +132,12 @@ def main() -> None:
     ]
     if problem is not None:
         notes.insert(0, f"pybatchintory 0.0.8 could not be measured: {problem}")
-    c.print_table("Peer: pybatchintory 0.0.8 vs this library, ms per batch", ["metadata rows", "0.0.8 ms", "this library ms", "speed-up"], rows, notes)
+    c.print_table(
+        "Peer: pybatchintory 0.0.8 vs this library, ms per batch",
+        ["metadata rows", "0.0.8 ms", "this library ms", "speed-up"],
+        rows,
+        notes,
+    )
 
 
 if __name__ == "__main__":

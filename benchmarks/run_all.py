@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["acquire.py", "scale.py", "floor.py", "concurrency.py", "memory.py", "peer.py", "horizon.py"]
+SCRIPTS = [
+    "acquire.py",
+    "scale.py",
+    "floor.py",
+    "concurrency.py",
+    "memory.py",
+    "peer.py",
+    "horizon.py",
+]
 
 
 def main() -> int:

@@ -44,7 +44,9 @@ async def main() -> None:
     configs = []
     for kind in kinds:
         configs += [Config(kind, n, 0, f"{n:,} rows") for n in sizes]
-        configs.append(Config(kind, sizes[-1], history, f"{sizes[-1]:,} rows + {history:,} batches"))
+        configs.append(
+            Config(kind, sizes[-1], history, f"{sizes[-1]:,} rows + {history:,} batches")
+        )
 
     async with AsyncExitStack() as stack:
         for cfg in configs:

@@ -45,7 +45,10 @@ async def build_demo(url: str, schema: str, items: int) -> None:
         rng = random.Random(7)
         await conn.execute(
             sa.text(f'INSERT INTO "{schema}".files (uri, weight) VALUES (:uri, :weight)'),  # noqa: S608
-            [{"uri": f"s3://lake/part-{i:05d}.parquet", "weight": rng.randint(1, 64)} for i in range(items)],
+            [
+                {"uri": f"s3://lake/part-{i:05d}.parquet", "weight": rng.randint(1, 64)}
+                for i in range(items)
+            ],
         )
     await engine.dispose()
 
@@ -53,10 +56,15 @@ async def build_demo(url: str, schema: str, items: int) -> None:
 async def drain(url: str, schema: str, name: str, budget_mib: float) -> dict[str, Any]:
     """One worker: take batches of at most ``budget_mib`` until the backfill is done."""
     processed = {"worker": name, "batches": 0, "items": 0, "mib": 0.0}
-    async with Inventory(url, schema_name=schema, pool_size=1, worker=f"{name}:{os.getpid()}") as inv:
+    async with Inventory(
+        url, schema_name=schema, pool_size=1, worker=f"{name}:{os.getpid()}"
+    ) as inv:
         while (
             batch := await inv.acquire_batch(
-                source_table=f"{schema}.files", job_identifier=JOB, weight=budget_mib, lease_seconds=60
+                source_table=f"{schema}.files",
+                job_identifier=JOB,
+                weight=budget_mib,
+                lease_seconds=60,
             )
         ) is not None:
             async with batch:  # renews the lease while working; success on exit
@@ -81,11 +89,19 @@ def run_processes(url: str, schema: str, workers: int, budget: float) -> list[di
 def run_dask(url: str, schema: str, workers: int, budget: float) -> list[dict[str, Any]]:
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         futures = client.map(
-            run_worker, [url] * workers, [schema] * workers,
-            [f"dask{i}" for i in range(workers)], [budget] * workers, pure=False,
+            run_worker,
+            [url] * workers,
+            [schema] * workers,
+            [f"dask{i}" for i in range(workers)],
+            [budget] * workers,
+            pure=False,
         )
         return list(client.gather(futures))
 
@@ -97,16 +113,24 @@ async def coverage(url: str, schema: str) -> dict[str, Any]:
         # The schema is a plain identifier (checked by main); values are bound.
         files = f'SELECT id FROM "{schema}".files ORDER BY id'  # noqa: S608
         ids = (await conn.execute(sa.text(files))).scalars().all()
-        batches = (await conn.execute(sa.text(
-            f'SELECT id, range_start, range_end, attempt, status FROM "{schema}".inventory '  # noqa: S608
-            "WHERE job_identifier = :job ORDER BY range_start"), {"job": JOB})).all()
+        batches = (
+            await conn.execute(
+                sa.text(
+                    f'SELECT id, range_start, range_end, attempt, status FROM "{schema}".inventory '  # noqa: S608
+                    "WHERE job_identifier = :job ORDER BY range_start"
+                ),
+                {"job": JOB},
+            )
+        ).all()
         logs = f'SELECT count(*) FROM "{schema}".inventory_logs'  # noqa: S608
         attempts = await conn.scalar(sa.text(logs))
     await engine.dispose()
     disjoint = all(a.range_end < b.range_start for a, b in zip(batches, batches[1:]))
-    covered = sum(
-        1 for i in ids if any(b.range_start <= i <= b.range_end for b in batches)
-    ) if len(ids) <= 20000 else None
+    covered = (
+        sum(1 for i in ids if any(b.range_start <= i <= b.range_end for b in batches))
+        if len(ids) <= 20000
+        else None
+    )
     return {
         "items": len(ids),
         "batches": len(batches),
@@ -130,14 +154,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--items", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--budget-mib", type=float, default=256.0)
-    parser.add_argument("--dask", action="store_true", help="run the workers on a Dask LocalCluster")
+    parser.add_argument(
+        "--dask", action="store_true", help="run the workers on a Dask LocalCluster"
+    )
     args = parser.parse_args(argv)
 
     asyncio.run(build_demo(args.url, args.schema, args.items))
     runner = run_dask if args.dask else run_processes
     results = runner(args.url, args.schema, args.workers, args.budget_mib)
     for r in sorted(results, key=lambda r: r["worker"]):
-        print(f"{r['worker']:>6}: {r['batches']:4d} batches, {r['items']:5d} items, {r['mib']:8.0f} MiB")
+        print(
+            f"{r['worker']:>6}: {r['batches']:4d} batches, {r['items']:5d} items, {r['mib']:8.0f} MiB"
+        )
     check = asyncio.run(coverage(args.url, args.schema))
     print(
         f"coverage: {check['items']} items in {check['batches']} batches by {args.workers} "

@@ -50,7 +50,9 @@ def print_inventory() -> None:
     print(f"\n{'id':>3} {'job':<16} {'range':>9} {'weight':>6} {'try':>3} {'status':<9} log")
     for id_, job, start, end, weight, attempt, status, log in rows:
         last_line = (log or "").strip().splitlines()[-1:] or [""]
-        print(f"{id_:>3} {job:<16} {f'{start}-{end}':>9} {weight:>6g} {attempt:>3} {status:<9} {last_line[0]}")
+        print(
+            f"{id_:>3} {job:<16} {f'{start}-{end}':>9} {weight:>6g} {attempt:>3} {status:<9} {last_line[0]}"
+        )
 
 
 def main() -> None:
@@ -58,7 +60,9 @@ def main() -> None:
     configure(inventory_url=os.environ.get("QUICKSTART_URL", f"sqlite+aiosqlite:///{DATABASE}"))
 
     print("incremental: one batch of at most weight 10")
-    batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10)
+    batch = acquire_batch(
+        source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10
+    )
     process_func(batch.items)
     batch.success()
 
@@ -71,9 +75,15 @@ def main() -> None:
         batch.success()
 
     print("backfill: ids 10 to 50, in chunks of weight 10")
-    while (batch := acquire_batch(
-        source_table="meta_data_raw_data", job_identifer="backfill_job", id_start=10, id_end=50, weight=10
-    )) is not None:
+    while (
+        batch := acquire_batch(
+            source_table="meta_data_raw_data",
+            job_identifer="backfill_job",
+            id_start=10,
+            id_end=50,
+            weight=10,
+        )
+    ) is not None:
         batch.process(process_func)
 
     print("a failing batch: recorded as failed, with its traceback")

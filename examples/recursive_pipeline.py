@@ -42,27 +42,37 @@ def build_raw_files(count: int = 24) -> None:
 
 async def convert(inventory: Inventory, corrupt: set[str]) -> None:
     """Convert raw files to parquet, 8 MiB at a time; a corrupt file fails its batch."""
-    while (batch := await inventory.acquire_batch(
-        source_table="raw_files", job_identifier="convert", weight=8, max_attempts=1
-    )) is not None:
+    while (
+        batch := await inventory.acquire_batch(
+            source_table="raw_files", job_identifier="convert", weight=8, max_attempts=1
+        )
+    ) is not None:
         uris = [item["uri"] for item in batch.items]
         try:
             bad = corrupt.intersection(uris)
             if bad:
                 raise ValueError(f"corrupt file {sorted(bad)[0]}")
-            await batch.success({"parquet": f"s3://converted/part-{batch.id}.parquet", "files": len(uris)})
-            print(f"  convert   batch {batch.id}: files {batch.range_start}..{batch.range_end} -> part-{batch.id}")
+            await batch.success(
+                {"parquet": f"s3://converted/part-{batch.id}.parquet", "files": len(uris)}
+            )
+            print(
+                f"  convert   batch {batch.id}: files {batch.range_start}..{batch.range_end} -> part-{batch.id}"
+            )
         except ValueError as exc:
             await batch.error(exc)
-            print(f"  convert   batch {batch.id}: files {batch.range_start}..{batch.range_end} FAILED ({exc})")
+            print(
+                f"  convert   batch {batch.id}: files {batch.range_start}..{batch.range_end} FAILED ({exc})"
+            )
 
 
 async def aggregate(inventory: Inventory) -> list[int]:
     """Aggregate converted parts, 20 MiB of input at a time; return the parts taken."""
     taken = []
-    while (batch := await inventory.acquire_batch(
-        source_job="convert", job_identifier="aggregate", weight=20
-    )) is not None:
+    while (
+        batch := await inventory.acquire_batch(
+            source_job="convert", job_identifier="aggregate", weight=20
+        )
+    ) is not None:
         parts = [upstream["result"]["parquet"].rsplit("/", 1)[1] for upstream in batch.items]
         files = [row["uri"] async for row in inventory.iter_source_items(batch)]
         await batch.success({"parts": parts})

@@ -171,7 +171,7 @@ class Backend:
         if window != (None, None):
             candidate = self.sql.reclaim_candidate_in_window
             lookup.update(p_id_start=window[0], p_id_end=window[1])
-        while (found := (await conn.execute(candidate, lookup)).first()):
+        while found := (await conn.execute(candidate, lookup)).first():
             seen = {"p_batch_id": found.id, "p_attempt": found.attempt}
             was_running = found.status == "running"
             if was_running and found.attempt >= found.max_attempts:
@@ -336,14 +336,19 @@ class Backend:
                         "lists the known jobs"
                     )
                 result = await conn.execute(
-                    sa.update(b).where(exhausted).values(max_attempts=b.c.attempt + 1).returning(b.c.id)
+                    sa.update(b)
+                    .where(exhausted)
+                    .values(max_attempts=b.c.attempt + 1)
+                    .returning(b.c.id)
                 )
                 ids = sorted(int(i) for i in result.scalars())
                 if batch_id is not None and not ids:
                     await self._explain_not_requeued(conn, job_identifier, batch_id, known)
                 return ids
 
-        async with backend_errors(f"re-queueing failed batches of job {job_identifier!r}", self.engine):
+        async with backend_errors(
+            f"re-queueing failed batches of job {job_identifier!r}", self.engine
+        ):
             return await safe_write(requeue_all, gate=self.gate)
 
     async def _explain_not_requeued(
@@ -352,8 +357,9 @@ class Backend:
         b = self.tables.batches
         row = (
             await conn.execute(
-                sa.select(b.c.job_identifier, b.c.generation, b.c.status, b.c.attempt, b.c.max_attempts)
-                .where(b.c.id == batch_id)
+                sa.select(
+                    b.c.job_identifier, b.c.generation, b.c.status, b.c.attempt, b.c.max_attempts
+                ).where(b.c.id == batch_id)
             )
         ).first()
         if row is None or row.job_identifier != job_identifier:

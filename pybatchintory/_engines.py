@@ -238,6 +238,8 @@ def _forget_connections_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_connections_after_fork)
+
+
 def _sqlite_file(url: URL) -> str | None:
     """The absolute path of a file database, or None (in memory, or a URI)."""
     database = url.database
@@ -561,7 +563,9 @@ class WriteGate:
         self._busy = False
         self._wake()
 
-    def gated(self, operation: Callable[[], Awaitable[T]], urgent: bool) -> Callable[[], Awaitable[T]]:
+    def gated(
+        self, operation: Callable[[], Awaitable[T]], urgent: bool
+    ) -> Callable[[], Awaitable[T]]:
         """``operation`` run under the gate (one try of it: the backoff between tries
         of retry_transient holds nothing)."""
 

@@ -100,7 +100,9 @@ class Horizon:
         """At the tail, start a refresh now, while the acquisition locks its job row, and
         return the number that lets the plan take it (``refresh(since=...)``). Not for
         a window that ends at or below the settled horizon: it needs no refresh."""
-        if not self.at_tail or (upper is not None and self.settled is not None and self.settled >= upper):
+        if not self.at_tail or (
+            upper is not None and self.settled is not None and self.settled >= upper
+        ):
             return None
         since = self.refreshes
         task = asyncio.ensure_future(self.refresh(since))
@@ -207,7 +209,9 @@ async def check_horizon(engine: AsyncEngine, table: sa.Table, id_column: str) ->
             ),
             {"schema": schema, "name": table.name},
         )
-        column = (await conn.execute(sa.text(_COLUMN), {"pybi_col": id_column, "pybi_rel": rel})).first()
+        column = (
+            await conn.execute(sa.text(_COLUMN), {"pybi_col": id_column, "pybi_rel": rel})
+        ).first()
         sequence = None
         if column is not None and column.seq is not None:
             sequence = (await conn.execute(sa.text(_SEQUENCE), {"pybi_seq": column.seq})).first()

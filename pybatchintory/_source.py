@@ -48,7 +48,12 @@ PARAMS_DIGEST = " -- params sha256:"
 _FIRST_PAGE = 64
 _MAX_PAGE = 8192
 _NO_UPPER = 2**63 - 1
-_PG_INT_FLOOR: dict[type, int] = {sa.Integer: -(2**31), sa.INTEGER: -(2**31), sa.SmallInteger: -(2**15), sa.SMALLINT: -(2**15)}
+_PG_INT_FLOOR: dict[type, int] = {
+    sa.Integer: -(2**31),
+    sa.INTEGER: -(2**31),
+    sa.SmallInteger: -(2**15),
+    sa.SMALLINT: -(2**15),
+}
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,13 @@ class RangeAccumulator:
         if self.full:
             return
         budget, max_items = self.budget, self.max_items
-        first, last, total, count, full = self.first_id, self.last_id, self.weight, self.count, False
+        first, last, total, count, full = (
+            self.first_id,
+            self.last_id,
+            self.weight,
+            self.count,
+            False,
+        )
         for item_id, item_weight in rows:
             kind = item_weight.__class__
             if kind is float or kind is int:
@@ -141,7 +152,13 @@ class RangeAccumulator:
             ):
                 full = True
                 break
-        self.first_id, self.last_id, self.weight, self.count, self.full = first, last, total, count, full
+        self.first_id, self.last_id, self.weight, self.count, self.full = (
+            first,
+            last,
+            total,
+            count,
+            full,
+        )
 
     def plan(self) -> BatchPlan | None:
         if self.first_id is None or self.last_id is None:
@@ -280,7 +297,11 @@ class Source:
 
     async def contains(self, item_id: int) -> bool:
         """Whether ``item_id`` is a matching row (filter included): one index lookup."""
-        query = sa.select(sa.literal(1)).select_from(self.table).where(self.id_col == item_id, self.where)
+        query = (
+            sa.select(sa.literal(1))
+            .select_from(self.table)
+            .where(self.id_col == item_id, self.where)
+        )
         async with read_connection(self.engine) as conn:
             return (await conn.scalar(query)) is not None
 

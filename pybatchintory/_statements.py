@@ -164,9 +164,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
     # Statuses inline, as in the partial index ix_<batches>_reclaimable's predicate.
     running = b.c.status == sa.literal_column("'running'")
     expired = sa.and_(running, b.c.lease_expires_at < now)
-    retryable = sa.and_(
-        b.c.status == sa.literal_column("'failed'"), b.c.attempt < b.c.max_attempts
-    )
+    retryable = sa.and_(b.c.status == sa.literal_column("'failed'"), b.c.attempt < b.c.max_attempts)
     reclaim_candidate = (
         sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
         .where(

@@ -78,7 +78,9 @@ class Storage:
         return self.backend.engine
 
     @asynccontextmanager
-    async def reading(self, what: str, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
+    async def reading(
+        self, what: str, engine: AsyncEngine | None = None
+    ) -> AsyncIterator[AsyncConnection]:
         """A read connection of ``engine`` (default: ours), its errors wrapped as
         BackendError naming ``what``."""
         engine = engine if engine is not None else self.engine

@@ -11,7 +11,14 @@ from sqlalchemy.engine import Dialect
 
 from .config import Settings
 
-__all__ = ["BATCH_STATUSES", "RECLAIMABLE", "BackendTables", "UtcDateTime", "build_tables", "unfinished"]
+__all__ = [
+    "BATCH_STATUSES",
+    "RECLAIMABLE",
+    "BackendTables",
+    "UtcDateTime",
+    "build_tables",
+    "unfinished",
+]
 
 BATCH_STATUSES = ("running", "succeeded", "failed")
 # The reclaimable batches' predicate, as the partial index and the reclaim query spell it
@@ -47,9 +54,7 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
 
 
 def _status_type(name: str) -> sa.Enum:
-    return sa.Enum(
-        *BATCH_STATUSES, name=name, native_enum=False, create_constraint=True, length=9
-    )
+    return sa.Enum(*BATCH_STATUSES, name=name, native_enum=False, create_constraint=True, length=9)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,9 @@ async def trace_item(store: Storage, source_table: str, item_id: int) -> list[Tr
     for row in job_rows:
         if row.source_kind == "job":
             by_upstream.setdefault(row.source, []).append(row)
-    direct = [r for r in job_rows if r.source_kind == "table" and _same_table(r.source, source_table)]
+    direct = [
+        r for r in job_rows if r.source_kind == "table" and _same_table(r.source, source_table)
+    ]
     if not direct:
         await _check_table_exists(store, source_table)
     pending: list[tuple[Any, int, int | None, str | None]] = []

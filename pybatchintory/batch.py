@@ -235,7 +235,9 @@ class Batch:
                 await self.heartbeat()
             except BatchLostError:
                 logger.warning(
-                    "%s lost its lease to another worker", self._describe(), extra=self._log_fields()
+                    "%s lost its lease to another worker",
+                    self._describe(),
+                    extra=self._log_fields(),
                 )
                 return
             except InventoryNotOpenError:
@@ -243,7 +245,10 @@ class Batch:
             except (BackendError, BatchStateError) as exc:
                 # A passing outage: the lease may still hold; try again next interval.
                 logger.warning(
-                    "lease renewal of %s failed: %s", self._describe(), exc, extra=self._log_fields()
+                    "lease renewal of %s failed: %s",
+                    self._describe(),
+                    exc,
+                    extra=self._log_fields(),
                 )
 
     async def __aenter__(self) -> Batch:

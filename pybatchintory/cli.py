@@ -47,9 +47,15 @@ def _common() -> _Parser:
     # SUPPRESS: an option given before the command is not overwritten by the
     # subparser's default, so both places work.
     common = _Parser(add_help=False)
-    common.add_argument("--inventory-url", default=argparse.SUPPRESS, help="URL of the backend tables' database")
-    common.add_argument("--meta-url", default=argparse.SUPPRESS, help="URL of the metadata table's database")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output, for scripts")
+    common.add_argument(
+        "--inventory-url", default=argparse.SUPPRESS, help="URL of the backend tables' database"
+    )
+    common.add_argument(
+        "--meta-url", default=argparse.SUPPRESS, help="URL of the metadata table's database"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output, for scripts"
+    )
     return common
 
 
@@ -94,16 +100,26 @@ def _count(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pybatchintory`` command."""
     common = _common()
-    parser = _Parser(prog="pybatchintory", description=_plain(__doc__.split("\n\n")[0]), parents=[common])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    commands.add_parser("init", parents=[common], help="create the backend tables if absent, or upgrade them")
+    parser = _Parser(
+        prog="pybatchintory", description=_plain(__doc__.split("\n\n")[0]), parents=[common]
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    commands.add_parser(
+        "init", parents=[common], help="create the backend tables if absent, or upgrade them"
+    )
     commands.add_parser("jobs", parents=[common], help="every job with a one-line status")
-    status = commands.add_parser("status", parents=[common], help="a job's batches, leases and backlog")
+    status = commands.add_parser(
+        "status", parents=[common], help="a job's batches, leases and backlog"
+    )
     status.add_argument("job")
     status.add_argument("--id-start", type=_item_id, help="count the backlog from this id")
     status.add_argument("--id-end", type=_item_id, help="count the backlog up to this id")
     status.add_argument(
-        "--weight-column", default=None, help="the source's weight column (default: the job's stored one)"
+        "--weight-column",
+        default=None,
+        help="the source's weight column (default: the job's stored one)",
     )
     status.add_argument(
         "--trust-stored-filter",
@@ -114,23 +130,47 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("table", help="the metadata table ('table' or 'schema.table')")
     trace.add_argument("id", type=_item_id, help="the item's id")
     coverage = commands.add_parser(
-        "coverage", parents=[common], help="a job's ids as segments: succeeded, running, retry_wait, out_of_attempts, not_taken"
+        "coverage",
+        parents=[common],
+        help="a job's ids as segments: succeeded, running, retry_wait, out_of_attempts, not_taken",
     )
     coverage.add_argument("job")
-    coverage.add_argument("--id-start", type=_item_id, help="from this id (default: the job's window, else its source's lowest id)")
-    coverage.add_argument("--id-end", type=_item_id, help="up to this id (default: the job's window, else its source's highest id)")
-    coverage.add_argument("--generation", type=_generation, help="this generation (default: the current one)")
-    coverage.add_argument("--versus", metavar="JOB", help="compare with another job over the same source")
-    plan = commands.add_parser("plan", parents=[common], help="the next batches an acquisition would take, taking nothing")
+    coverage.add_argument(
+        "--id-start",
+        type=_item_id,
+        help="from this id (default: the job's window, else its source's lowest id)",
+    )
+    coverage.add_argument(
+        "--id-end",
+        type=_item_id,
+        help="up to this id (default: the job's window, else its source's highest id)",
+    )
+    coverage.add_argument(
+        "--generation", type=_generation, help="this generation (default: the current one)"
+    )
+    coverage.add_argument(
+        "--versus", metavar="JOB", help="compare with another job over the same source"
+    )
+    plan = commands.add_parser(
+        "plan", parents=[common], help="the next batches an acquisition would take, taking nothing"
+    )
     plan.add_argument("job")
     plan.add_argument("--next", type=_count, default=5, help="how many batches (default: 5)")
-    retry = commands.add_parser("retry", parents=[common], help="give failed batches one more attempt")
+    retry = commands.add_parser(
+        "retry", parents=[common], help="give failed batches one more attempt"
+    )
     retry.add_argument("job")
     retry.add_argument("--batch", type=_item_id, help="only this batch id")
-    reset = commands.add_parser("reset", parents=[common], help="rewind a job's cursor, keeping history")
+    reset = commands.add_parser(
+        "reset", parents=[common], help="rewind a job's cursor, keeping history"
+    )
     reset.add_argument("job")
-    reset.add_argument("--to", type=_item_id, dest="to_id", help="reprocess the ids after this one (default: all)")
-    reset.add_argument("--force", action="store_true", help="even if batches after the point are running")
+    reset.add_argument(
+        "--to", type=_item_id, dest="to_id", help="reprocess the ids after this one (default: all)"
+    )
+    reset.add_argument(
+        "--force", action="store_true", help="even if batches after the point are running"
+    )
     migrate = commands.add_parser(
         "migrate", parents=[common], help="upgrade the backend tables to this version's schema"
     )
@@ -187,7 +227,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -197,7 +239,9 @@ def _pairs(pairs: Sequence[tuple[str, Any]]) -> str:
 
 
 def _status_text(s: Any) -> str:
-    source = f"{s.source_kind} {s.source}" + (f" (filter: {s.filter_text})" if s.filter_text else "")
+    source = f"{s.source_kind} {s.source}" + (
+        f" (filter: {s.filter_text})" if s.filter_text else ""
+    )
     unit = (s.definition or {}).get("weight_unit")
     if s.backlog is not None:
         weight = "" if s.backlog.weight is None else f", weight {_weight(s.backlog.weight, unit)}"
@@ -209,9 +253,15 @@ def _status_text(s: Any) -> str:
         ("source", source),
         ("cursor", f"{_cell(s.cursor)} (generation {s.generation})"),
         ("running", f"{_plural(s.running, 'batch')}, weight {_weight(s.running_weight, unit)}"),
-        ("succeeded", f"{_plural(s.succeeded, 'batch')}, weight {_weight(s.succeeded_weight, unit)}"),
-        ("failed", f"{_plural(s.failed, 'batch')}, weight {_weight(s.failed_weight, unit)} "
-                   f"({s.retryable:,} to retry, {s.out_of_attempts:,} out of attempts)"),
+        (
+            "succeeded",
+            f"{_plural(s.succeeded, 'batch')}, weight {_weight(s.succeeded_weight, unit)}",
+        ),
+        (
+            "failed",
+            f"{_plural(s.failed, 'batch')}, weight {_weight(s.failed_weight, unit)} "
+            f"({s.retryable:,} to retry, {s.out_of_attempts:,} out of attempts)",
+        ),
         ("oldest running", s.oldest_running_start),
         ("next lease expiry", s.earliest_lease_expiry),
         ("expired leases", s.expired_leases),
@@ -250,11 +300,23 @@ def _horizon_pairs(h: Any) -> list[tuple[str, Any]]:
     ]
     for holder in h.held_by:
         who = "prepared transaction" if holder.pid is None else f"pid {holder.pid}"
-        age = "" if holder.transaction_age_seconds is None else f" for {holder.transaction_age_seconds:.1f} s"
-        since = f" (transaction since {_cell(holder.transaction_start)})" if holder.transaction_start else ""
+        age = (
+            ""
+            if holder.transaction_age_seconds is None
+            else f" for {holder.transaction_age_seconds:.1f} s"
+        )
+        since = (
+            f" (transaction since {_cell(holder.transaction_start)})"
+            if holder.transaction_start
+            else ""
+        )
         query = " ".join((holder.query or "").split())[:120]
         pairs.append(
-            ("  held by", f"{who}, {holder.state or 'state unknown'}{age}{since}" + (f": {query}" if query else ""))
+            (
+                "  held by",
+                f"{who}, {holder.state or 'state unknown'}{age}{since}"
+                + (f": {query}" if query else ""),
+            )
         )
     return pairs
 
@@ -306,7 +368,9 @@ def _diff_text(d: Any) -> str:
             lines.append(f"{mine} succeeded nowhere that {other} has not")
             continue
         lines.append(f"{mine} succeeded, {other} has not:")
-        lines += [f"  {_range(s.range_start, s.range_end)}  ({other}: {s.other_state})" for s in segments]
+        lines += [
+            f"  {_range(s.range_start, s.range_end)}  ({other}: {s.other_state})" for s in segments
+        ]
     return "\n".join(lines)
 
 
@@ -399,7 +463,9 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
     async with inventory:
         if args.command == "init":
             url = inventory.settings.inventory_dsn
-            return {"inventory_url": hide_password(url)}, f"backend tables ready on {hide_password(url)}"
+            return {
+                "inventory_url": hide_password(url)
+            }, f"backend tables ready on {hide_password(url)}"
         if args.command == "jobs":
             jobs = await inventory.jobs()
             rows = [(j.job_identifier, f"{j.source_kind} {j.source}", j.summary) for j in jobs]
@@ -420,8 +486,12 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
         if args.command == "coverage":
             if args.versus is not None:
                 if args.generation is not None:
-                    raise InvalidArgumentError("--generation and --versus cannot be combined: a comparison is of current generations")
-                diff = await inventory.coverage_diff(args.job, args.versus, id_start=args.id_start, id_end=args.id_end)
+                    raise InvalidArgumentError(
+                        "--generation and --versus cannot be combined: a comparison is of current generations"
+                    )
+                diff = await inventory.coverage_diff(
+                    args.job, args.versus, id_start=args.id_start, id_end=args.id_end
+                )
                 return diff.as_dict(), _diff_text(diff)
             cov = await inventory.coverage(
                 args.job, id_start=args.id_start, id_end=args.id_end, generation=args.generation

@@ -175,10 +175,10 @@ class Settings(BaseSettings):
     jobs_table: str = "inventory_jobs"
     batches_table: str = "inventory"
     logs_table: str = "inventory_logs"
-    isolation_level: Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] = (
-        "READ COMMITTED"
+    isolation_level: Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] = "READ COMMITTED"
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts per batch before it stays failed."
     )
-    max_attempts: int = Field(default=3, ge=1, description="Attempts per batch before it stays failed.")
     lease_seconds: float = Field(
         default=600.0, gt=0, description="How long a running batch is owned without a heartbeat."
     )

@@ -189,9 +189,7 @@ class Job:
                 f"weight_unit must be 'bytes' or None, got {self.weight_unit!r}"
             )
         if self.horizon not in ("exact", None):
-            raise InvalidArgumentError(
-                f"horizon must be 'exact' or None, got {self.horizon!r}"
-            )
+            raise InvalidArgumentError(f"horizon must be 'exact' or None, got {self.horizon!r}")
         if settle is not None or self.source_job is not None:
             normal["horizon"] = None  # a settle lag replaces it; a job source needs none
         for key, value in normal.items():
@@ -249,8 +247,7 @@ def resolve_job(
     if isinstance(job_or_table, Job):
         if job_identifier is not None or "job_identifer" in arguments:
             raise InvalidArgumentError(
-                "pass a Job alone: its name is part of it (job_identifier is for the "
-                "keyword form)"
+                "pass a Job alone: its name is part of it (job_identifier is for the keyword form)"
             )
         return job_or_table.with_options(**arguments)
     if job_or_table is not None and not isinstance(job_or_table, str):

@@ -434,7 +434,9 @@ class SyncInventory:
         """Same as :meth:`Inventory.plan`."""
         return self.call(self._inventory.plan, job, next)
 
-    def reset(self, job: Job | str, to_id: int | None = None, *, force: bool = False) -> ResetResult:
+    def reset(
+        self, job: Job | str, to_id: int | None = None, *, force: bool = False
+    ) -> ResetResult:
         """Same as :meth:`Inventory.reset`."""
         return self.call(self._inventory.reset, job, to_id, force=force)
 

@@ -84,7 +84,9 @@ def meta_table_def(md: sa.MetaData, name: str) -> sa.Table:
         name,
         md,
         sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
             autoincrement=True,
         ),
         sa.Column("uri", sa.String(200), nullable=False),

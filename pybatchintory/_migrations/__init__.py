@@ -133,7 +133,9 @@ class MigrationResult:
 # -- the fast path ---------------------------------------------------------------------
 
 
-async def ensure_current(engine: AsyncEngine, tables: BackendTables, *, create: bool = True) -> None:
+async def ensure_current(
+    engine: AsyncEngine, tables: BackendTables, *, create: bool = True
+) -> None:
     """Make the backend tables current: create, or upgrade, or nothing (the usual case,
     one read). Raises SchemaVersionError for tables newer than this library, or for an
     upgrade refused for lack of privilege.
@@ -181,7 +183,9 @@ def _refuse_without_creation(state: SchemaState, tables: BackendTables) -> None:
 async def _read_version_quickly(engine: AsyncEngine, tables: BackendTables) -> str | None:
     """The stamped revision, or None if it cannot be read (no version table yet, or
     several rows): the locked slow path then looks properly."""
-    vt = sa.table(version_table_name(tables), sa.column("version_num"), schema=tables.metadata.schema)
+    vt = sa.table(
+        version_table_name(tables), sa.column("version_num"), schema=tables.metadata.schema
+    )
     try:
         async with read_connection(engine) as conn:
             rows = (await conn.execute(sa.select(vt.c.version_num))).scalars().all()
@@ -207,7 +211,9 @@ def _read_state_sync(conn: sa.Connection, tables: BackendTables) -> SchemaState:
     exclusion = None
     if conn.dialect.name == "postgresql" and version is not None:
         exclusion = _has_exclusion_constraint(conn, tables)
-    pending = _describe_steps(version, stamped) if version is None or version <= LIBRARY_VERSION else []
+    pending = (
+        _describe_steps(version, stamped) if version is None or version <= LIBRARY_VERSION else []
+    )
     return SchemaState(version, stamped, LIBRARY_VERSION, exclusion, pending)
 
 
@@ -272,7 +278,9 @@ def _has_exclusion_constraint(conn: sa.Connection, tables: BackendTables) -> boo
 # -- upgrading ---------------------------------------------------------------------------
 
 
-async def migrate(engine: AsyncEngine, tables: BackendTables, *, dry_run: bool = False) -> MigrationResult:
+async def migrate(
+    engine: AsyncEngine, tables: BackendTables, *, dry_run: bool = False
+) -> MigrationResult:
     """Bring the tables to the newest version (``pybatchintory migrate``); on
     PostgreSQL also add the exclusion constraint if it is missing and can be had.
     ``dry_run`` only reports the pending steps."""
@@ -316,7 +324,9 @@ async def _create_schema(conn: AsyncConnection, tables: BackendTables) -> None:
         return
     # Only when absent: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the
     # database even when the schema exists, which an application role may lack.
-    exists = await conn.scalar(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema})
+    exists = await conn.scalar(
+        sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}
+    )
     if exists is None:
         try:
             await conn.execute(sa.schema.CreateSchema(schema))
@@ -334,7 +344,9 @@ def _upgrade_sync(conn: sa.Connection, tables: BackendTables, *, dry_run: bool) 
     steps = _describe_steps(version, stamped)
     postgresql = conn.dialect.name == "postgresql"
     if dry_run:
-        exclusion = _has_exclusion_constraint(conn, tables) if postgresql and version is not None else None
+        exclusion = (
+            _has_exclusion_constraint(conn, tables) if postgresql and version is not None else None
+        )
         return MigrationResult(version, LIBRARY_VERSION, steps, True, exclusion)
     try:
         if steps:
@@ -364,7 +376,9 @@ def _upgrade_sync(conn: sa.Connection, tables: BackendTables, *, dry_run: bool) 
     return MigrationResult(version, LIBRARY_VERSION, steps, False, exclusion)
 
 
-def _no_privilege(version: int | None, tables: BackendTables, exc: DBAPIError) -> SchemaVersionError:
+def _no_privilege(
+    version: int | None, tables: BackendTables, exc: DBAPIError
+) -> SchemaVersionError:
     what = (
         "creating the backend tables"
         if version is None
@@ -448,7 +462,9 @@ def _describe_steps(version: int | None, stamped: bool) -> list[str]:
     """The steps an upgrade from ``version`` runs, one line each."""
     if version is None:
         return [f"create the backend tables at schema version {LIBRARY_VERSION}"]
-    steps = [] if stamped else [f"record schema version {version} (tables created before versioning)"]
+    steps = (
+        [] if stamped else [f"record schema version {version} (tables created before versioning)"]
+    )
     if version < LIBRARY_VERSION:
         revisions = scripts().iterate_revisions(HEAD_REVISION, _revision(version))
         for script in reversed(list(revisions)):

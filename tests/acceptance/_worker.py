@@ -76,7 +76,9 @@ async def _drain(args: dict[str, Any]) -> dict[str, Any]:
                 )
                 if batch is None:
                     break
-                planted = bool(fail_every) and batch.attempt == 1 and batch.range_start % fail_every == 0
+                planted = (
+                    bool(fail_every) and batch.attempt == 1 and batch.range_start % fail_every == 0
+                )
                 try:
                     async with batch:
                         await asyncio.sleep(0)  # a yield point inside the lease, as real work has
@@ -149,7 +151,9 @@ async def _write(args: dict[str, Any]) -> dict[str, Any]:
         async with engine.connect() as conn:
             while time.monotonic() < deadline or committed < args["min_rows"]:
                 size = rng.randint(1, args.get("max_batch", 60))
-                rows = [{"uri": f"w{args['seed']}/{transactions}/{i}", "weight": 1} for i in range(size)]
+                rows = [
+                    {"uri": f"w{args['seed']}/{transactions}/{i}", "weight": 1} for i in range(size)
+                ]
                 await conn.begin()
                 # some transactions insert in two statements, around the wait
                 split = rng.randint(0, size) if rng.random() < 0.3 else size
@@ -255,9 +259,7 @@ async def run_workers(
         for args in arg_list
     ]
     try:
-        outputs = await asyncio.wait_for(
-            asyncio.gather(*(p.communicate() for p in procs)), timeout
-        )
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), timeout)
     finally:
         for p in procs:
             if p.returncode is None:

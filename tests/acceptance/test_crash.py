@@ -44,13 +44,18 @@ async def test_a_batch_of_a_killed_worker_is_handed_out_again_after_its_lease(db
             await asyncio.sleep(0.05)
         reclaimed_after = time.monotonic() - killed_at
         assert (batch.id, batch.range_start, batch.range_end, batch.attempt) == (
-            taken["id"], taken["range_start"], taken["range_end"], 2
+            taken["id"],
+            taken["range_start"],
+            taken["range_end"],
+            2,
         )
         assert (batch.range_start, batch.range_end) == (1, 8)
         await batch.success()
     print(f"\n[{db.kind}] kill -9 -> reclaimed after {reclaimed_after:.2f} s (lease {lease} s)")
 
-    logs = await db.rows("SELECT attempt, status, logging, worker FROM {s}inventory_logs ORDER BY attempt")
+    logs = await db.rows(
+        "SELECT attempt, status, logging, worker FROM {s}inventory_logs ORDER BY attempt"
+    )
     assert [(log.attempt, log.status) for log in logs] == [(1, "failed"), (2, "succeeded")]
     assert "lease expired" in logs[0].logging and logs[1].worker == "survivor"
     assert await db.scalar("SELECT count(*) FROM {s}inventory") == 1
@@ -59,7 +64,9 @@ async def test_a_batch_of_a_killed_worker_is_handed_out_again_after_its_lease(db
 # -- connections terminated by the server (PostgreSQL) -------------------------------
 
 
-async def terminate_while_blocked(db: Db, lock_sql: str, call: Awaitable[Any], **params: Any) -> None:
+async def terminate_while_blocked(
+    db: Db, lock_sql: str, call: Awaitable[Any], **params: Any
+) -> None:
     """Hold a row lock, start ``call``, kill its session while it waits; expect BackendError."""
     async with db.engine.connect() as holder:
         await holder.begin()
@@ -123,7 +130,10 @@ async def test_a_connection_killed_during_heartbeat_or_finish_changes_nothing(
             "error": lambda: batch.error("worker gave up"),
         }
         await terminate_while_blocked(
-            db, "SELECT 1 FROM {s}inventory WHERE id = :i FOR UPDATE", calls[operation](), i=batch.id
+            db,
+            "SELECT 1 FROM {s}inventory WHERE id = :i FOR UPDATE",
+            calls[operation](),
+            i=batch.id,
         )
         assert await inventory_state(db) == before
         assert batch.status == "running"
@@ -131,7 +141,7 @@ async def test_a_connection_killed_during_heartbeat_or_finish_changes_nothing(
         if batch.status == "running":
             await batch.success()
         taken = []
-        while (nxt := await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)):
+        while nxt := await inv.acquire_batch(source_table=table, job_identifier="j", weight=3):
             taken.append((nxt.range_start, nxt.range_end, nxt.attempt))
             await nxt.success()
         # A failed batch is replayed first; otherwise the job goes on after it.

@@ -39,8 +39,19 @@ def test_distributed_example_drains_the_backfill_once(variant: list[str]) -> Non
     require_postgres()
     schema = f"demo_{uuid.uuid4().hex[:10]}"
     command = [
-        sys.executable, str(EXAMPLE), "--url", PG_URL, "--schema", schema,
-        "--items", "800", "--workers", "2", "--budget-mib", "200", *variant,
+        sys.executable,
+        str(EXAMPLE),
+        "--url",
+        PG_URL,
+        "--schema",
+        schema,
+        "--items",
+        "800",
+        "--workers",
+        "2",
+        "--budget-mib",
+        "200",
+        *variant,
     ]
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)

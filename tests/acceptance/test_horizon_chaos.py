@@ -32,13 +32,26 @@ async def chaos(db: Db, tmp_path: Path, horizon: str | None) -> dict[str, Any]:
     stop = tmp_path / f"stop-{horizon}"
     base = {"url": db.url, "schema": db.schema}
     writers = [
-        {**base, "table_name": "meta", "seed": i, "seconds": SECONDS,
-         "min_rows": -(-MIN_ROWS // WRITERS)}
+        {
+            **base,
+            "table_name": "meta",
+            "seed": i,
+            "seconds": SECONDS,
+            "min_rows": -(-MIN_ROWS // WRITERS),
+        }
         for i in range(WRITERS)
     ]
     followers = [
-        {**base, "table": table, "job": "follow", "weight": 50, "horizon": horizon,
-         "stop_file": str(stop), "tasks": 2, "name": f"f{i}"}
+        {
+            **base,
+            "table": table,
+            "job": "follow",
+            "weight": 50,
+            "horizon": horizon,
+            "stop_file": str(stop),
+            "tasks": 2,
+            "name": f"f{i}",
+        }
         for i in range(WORKERS)
     ]
     follow = asyncio.ensure_future(run_workers("follow", followers, timeout=SECONDS * 6))
@@ -60,9 +73,13 @@ async def chaos(db: Db, tmp_path: Path, horizon: str | None) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(SECONDS * 8)  # the writers run at least SECONDS, past the default 120 s budget on a slow box
+@pytest.mark.timeout(
+    SECONDS * 8
+)  # the writers run at least SECONDS, past the default 120 s budget on a slow box
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
-async def test_every_committed_id_is_in_exactly_one_batch_under_chaos(db: Db, tmp_path: Path) -> None:
+async def test_every_committed_id_is_in_exactly_one_batch_under_chaos(
+    db: Db, tmp_path: Path
+) -> None:
     facts = await chaos(db, tmp_path, "exact")
     assert facts["committed"] >= MIN_ROWS
     checked = await check_job_invariants(db, "follow", facts["ids"])
@@ -77,7 +94,9 @@ async def test_every_committed_id_is_in_exactly_one_batch_under_chaos(db: Db, tm
 
 @pytest.mark.slow
 @pytest.mark.timeout(SECONDS * 8)
-@pytest.mark.skipif(not os.environ.get("PYBATCHINTORY_CHAOS_OFF"), reason="by hand: PYBATCHINTORY_CHAOS_OFF=1")
+@pytest.mark.skipif(
+    not os.environ.get("PYBATCHINTORY_CHAOS_OFF"), reason="by hand: PYBATCHINTORY_CHAOS_OFF=1"
+)
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
 async def test_report_the_skips_without_the_horizon(db: Db, tmp_path: Path) -> None:
     facts = await chaos(db, tmp_path, None)

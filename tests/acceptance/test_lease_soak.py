@@ -32,5 +32,3 @@ def test_no_batch_is_taken_from_a_live_worker(db_kind: str) -> None:
     assert figures["held"] > 0 and figures["hammered"] > 0, figures
     assert figures["reclaimed_from_live_workers"] == 0, figures
     assert figures["lost"] == 0, figures
-
-

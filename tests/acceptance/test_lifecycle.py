@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 
 
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment for a script: the database URL and schema, with a metadata table of
@@ -36,18 +35,25 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str,
         path = tmp_path / "db.sqlite3"
         con = sqlite3.connect(path)
         con.execute("CREATE TABLE meta (id INTEGER PRIMARY KEY, uri TEXT, weight REAL)")
-        con.executemany("INSERT INTO meta (uri, weight) VALUES (?, 1)", [(f"f{i}",) for i in range(40)])
+        con.executemany(
+            "INSERT INTO meta (uri, weight) VALUES (?, 1)", [(f"f{i}",) for i in range(40)]
+        )
         con.commit()
         con.close()
-        yield {"PYBATCHINTORY_INVENTORY_URL": f"sqlite:///{path}", "PYBATCHINTORY_META_URL": f"sqlite:///{path}"}
+        yield {
+            "PYBATCHINTORY_INVENTORY_URL": f"sqlite:///{path}",
+            "PYBATCHINTORY_META_URL": f"sqlite:///{path}",
+        }
         return
     require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg(
-        f'CREATE SCHEMA "{schema}"',
-        f'CREATE TABLE "{schema}".meta (id bigserial PRIMARY KEY, uri text, weight float8)',
-        f"INSERT INTO \"{schema}\".meta (uri, weight) SELECT 'f' || g, 1 FROM generate_series(1, 40) g",
-    ))
+    asyncio.run(
+        _pg(
+            f'CREATE SCHEMA "{schema}"',
+            f'CREATE TABLE "{schema}".meta (id bigserial PRIMARY KEY, uri text, weight float8)',
+            f"INSERT INTO \"{schema}\".meta (uri, weight) SELECT 'f' || g, 1 FROM generate_series(1, 40) g",
+        )
+    )
     url = PG_URL.replace("+asyncpg", "")
     try:
         yield {
@@ -75,7 +81,11 @@ def run(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
     full = {**base, **env, "PYTHONPATH": str(ROOT), "META": env.get("META", "meta")}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True, text=True, env=full, cwd=cwd, timeout=TIMEOUT,
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=cwd,
+        timeout=TIMEOUT,
     )
 
 

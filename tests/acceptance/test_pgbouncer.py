@@ -212,7 +212,10 @@ async def test_table_creation_through_pgbouncer_leaks_no_lock(
             s=schema,
         )
         assert [t[0] for t in tables] == [
-            "inventory", "inventory_jobs", "inventory_jobs_version", "inventory_logs"
+            "inventory",
+            "inventory_jobs",
+            "inventory_jobs_version",
+            "inventory_logs",
         ]
     finally:
         async with db.engine.begin() as conn:

@@ -16,13 +16,19 @@ QUICKSTART = ROOT / "examples" / "quickstart.py"
 
 def run_quickstart(cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith("PYBATCHINTORY_") and k != "QUICKSTART_URL"
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, str(QUICKSTART)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=90, check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
     )
 
 

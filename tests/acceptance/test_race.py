@@ -35,8 +35,9 @@ async def seed(db: Db, count: int = ITEMS) -> str:
     return table
 
 
-async def matching_ids(db: Db, categories: tuple[str, ...] = CATEGORIES, lo: int = 0,
-                       hi: int = 2**62) -> list[int]:
+async def matching_ids(
+    db: Db, categories: tuple[str, ...] = CATEGORIES, lo: int = 0, hi: int = 2**62
+) -> list[int]:
     rows = await db.rows(
         "SELECT id FROM {s}meta WHERE category IN ('" + "','".join(categories) + "') "
         "AND id BETWEEN :lo AND :hi ORDER BY id",
@@ -61,9 +62,7 @@ async def test_worker_processes_racing_on_one_job_keep_its_invariants(
     job = {"name": "race", "weight": 40, "filter": RACE_FILTER}
     # Sixteen processes get two tasks each, to stay well inside the server's connections.
     tasks = 3 if workers <= 4 else 2
-    args = worker_args(
-        db, table, [job], tasks=tasks, fail_every=5, isolation_level=isolation_level
-    )
+    args = worker_args(db, table, [job], tasks=tasks, fail_every=5, isolation_level=isolation_level)
     results = await run_workers("drain", [{**args, "name": f"w{i}"} for i in range(workers)])
 
     facts = await check_job_invariants(db, "race", await matching_ids(db, ("a", "b")))
@@ -87,14 +86,15 @@ async def test_many_jobs_on_one_table_keep_their_invariants_independently(db: Db
         {"name": "few_big", "weight": 400, "filter": {"category": ["a", "c"]}},
     ]
     results = await run_workers(
-        "drain", [worker_args(db, table, jobs, tasks=2, fail_every=7, name=f"w{i}") for i in range(4)]
+        "drain",
+        [worker_args(db, table, jobs, tasks=2, fail_every=7, name=f"w{i}") for i in range(4)],
     )
     total = 0
     total += (await check_job_invariants(db, "everything", await matching_ids(db)))["batches"]
     total += (await check_job_invariants(db, "only_c", await matching_ids(db, ("c",))))["batches"]
-    total += (
-        await check_job_invariants(db, "backfill", await matching_ids(db, lo=500, hi=2200))
-    )["batches"]
+    total += (await check_job_invariants(db, "backfill", await matching_ids(db, lo=500, hi=2200)))[
+        "batches"
+    ]
     total += (await check_job_invariants(db, "few_big", await matching_ids(db, ("a", "c"))))[
         "batches"
     ]
@@ -148,7 +148,10 @@ async def test_processes_opening_a_new_inventory_at_once_create_the_tables_once(
                 "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
             )
         assert [t[0] for t in tables] == [
-            "inventory", "inventory_jobs", "inventory_jobs_version", "inventory_logs"
+            "inventory",
+            "inventory_jobs",
+            "inventory_jobs_version",
+            "inventory_logs",
         ]
     finally:
         if schema:

@@ -21,7 +21,13 @@ _TS = sa.DateTime(timezone=True)
 
 def _status_type(name: str) -> sa.Enum:
     return sa.Enum(
-        "running", "succeeded", "failed", name=name, native_enum=False, create_constraint=True, length=9
+        "running",
+        "succeeded",
+        "failed",
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=9,
     )
 
 
@@ -97,7 +103,9 @@ def build_v1_tables(
     return md
 
 
-async def create_v1_tables(conn: AsyncConnection, schema: str | None, batches_table: str = "inventory") -> sa.MetaData:
+async def create_v1_tables(
+    conn: AsyncConnection, schema: str | None, batches_table: str = "inventory"
+) -> sa.MetaData:
     """Create the version-1 tables (and, on PostgreSQL, 0.1.0's exclusion constraint)."""
     md = build_v1_tables(schema, batches_table=batches_table)
     await conn.run_sync(md.create_all)

@@ -36,9 +36,11 @@ async def test_backfill_walks_its_window_in_chunks_then_returns_none(db: Db) -> 
     table = await db.create_meta(weights=[2] * 100)
     async with db.inventory() as inv:
         ranges = []
-        while (batch := await inv.acquire_batch(
-            source_table=table, job_identifier="bf", id_start=10, id_end=50, weight=10
-        )) is not None:
+        while (
+            batch := await inv.acquire_batch(
+                source_table=table, job_identifier="bf", id_start=10, id_end=50, weight=10
+            )
+        ) is not None:
             ranges.append((batch.range_start, batch.range_end))
             assert batch.weight <= 10
             await batch.success()
@@ -52,7 +54,7 @@ async def test_an_item_heavier_than_the_budget_forms_a_batch_alone(db: Db) -> No
     table = await db.create_meta(weights=[3, 3, 50, 3, 3])
     async with db.inventory() as inv:
         got = []
-        while (batch := await inv.acquire_batch(source_table=table, job_identifier="j", weight=7)):
+        while batch := await inv.acquire_batch(source_table=table, job_identifier="j", weight=7):
             got.append((batch.range_start, batch.range_end, batch.weight))
             await batch.success()
     assert got == [(1, 2, 6), (3, 3, 50), (4, 5, 6)]
@@ -72,10 +74,14 @@ async def test_max_items_bounds_the_count_and_unbounded_weight_takes_the_rest(db
 async def test_weight_and_max_items_together_stop_at_whichever_comes_first(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 20)
     async with db.inventory() as inv:
-        by_count = await inv.acquire_batch(source_table=table, job_identifier="j", weight=10, max_items=3)
+        by_count = await inv.acquire_batch(
+            source_table=table, job_identifier="j", weight=10, max_items=3
+        )
         assert by_count is not None and by_count.item_count == 3
         await by_count.success()
-        by_weight = await inv.acquire_batch(source_table=table, job_identifier="j", weight=2, max_items=5)
+        by_weight = await inv.acquire_batch(
+            source_table=table, job_identifier="j", weight=2, max_items=5
+        )
         assert by_weight is not None and by_weight.item_count == 2
         await by_weight.success()
 
@@ -95,7 +101,9 @@ async def test_mapping_filter_restricts_items_and_accepts_lists(db: Db) -> None:
     await db.add_items("meta", [1] * 4, category="b")
     await db.add_items("meta", [1] * 4, category="c")
     async with db.inventory() as inv:
-        only_b = await inv.acquire_batch(source_table=table, job_identifier="b", filter={"category": "b"})
+        only_b = await inv.acquire_batch(
+            source_table=table, job_identifier="b", filter={"category": "b"}
+        )
         assert only_b is not None
         assert {i["category"] for i in only_b.items} == {"b"} and only_b.item_count == 4
         assert (only_b.range_start, only_b.range_end) == (5, 8)
@@ -132,7 +140,9 @@ async def test_expression_and_callable_filters(db: Db) -> None:
 async def test_item_columns_choose_what_items_carry(db: Db) -> None:
     table = await db.create_meta(weights=[1, 1])
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j", item_columns=["id", "uri"])
+        batch = await inv.acquire_batch(
+            source_table=table, job_identifier="j", item_columns=["id", "uri"]
+        )
         assert batch is not None
         assert batch.items[0] == {"id": 1, "uri": "s3://bucket/meta/0"}
         await batch.success()
@@ -148,7 +158,9 @@ async def test_a_job_reused_with_another_source_or_filter_raises_and_writes_noth
         with pytest.raises(JobSourceMismatchError, match="job 'job' is bound to table"):
             await inv.acquire_batch(source_table=other, job_identifier="job")
         with pytest.raises(JobSourceMismatchError):
-            await inv.acquire_batch(source_table=table, job_identifier="job", filter={"category": "x"})
+            await inv.acquire_batch(
+                source_table=table, job_identifier="job", filter={"category": "x"}
+            )
     assert await db.scalar("SELECT count(*) FROM {s}inventory") == 1
 
 
@@ -156,7 +168,9 @@ async def test_acquire_batches_is_lazy_bounded_and_ends_on_a_growing_table(db: D
     table = await db.create_meta(weights=[1] * 10)
     async with db.inventory() as inv:
         taken = []
-        async for batch in inv.acquire_batches(source_table=table, job_identifier="j", weight=2, batch_count=3):
+        async for batch in inv.acquire_batches(
+            source_table=table, job_identifier="j", weight=2, batch_count=3
+        ):
             taken.append(batch.range_start)
             await batch.success()
         assert taken == [1, 3, 5]
@@ -183,10 +197,12 @@ async def test_backend_tables_hold_the_specified_columns(db: Db) -> None:
         batch = await inv.acquire_batch(source_table=table, job_identifier="j")
         assert batch is not None
         await batch.success({"rows_written": 2})
-    row = (await db.rows(
-        "SELECT job_identifier, range_start, range_end, weight, attempt, status, "
-        "processing_start, processing_end FROM {s}inventory"
-    ))[0]
+    row = (
+        await db.rows(
+            "SELECT job_identifier, range_start, range_end, weight, attempt, status, "
+            "processing_start, processing_end FROM {s}inventory"
+        )
+    )[0]
     assert tuple(row[:6]) == ("j", 1, 2, 3, 1, "succeeded")
     assert row.processing_start is not None and row.processing_end is not None
     log = (await db.rows("SELECT id, attempt, status, processing_end FROM {s}inventory_logs"))[0]

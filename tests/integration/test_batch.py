@@ -91,7 +91,9 @@ async def test_success_without_result_leaves_result_sql_null(db: Db) -> None:
     assert row.status == "succeeded" and row.result is None
 
 
-async def test_a_result_that_is_not_json_able_is_refused_and_the_batch_stays_running(db: Db) -> None:
+async def test_a_result_that_is_not_json_able_is_refused_and_the_batch_stays_running(
+    db: Db,
+) -> None:
     table = await db.create_meta(weights=[1])
     async with db.inventory() as inv:
         batch = await _take(inv, table)
@@ -231,7 +233,9 @@ async def test_async_with_leaves_an_outcome_the_body_recorded_alone(db: Db) -> N
 # -- process -----------------------------------------------------------------------
 
 
-async def test_process_runs_a_sync_function_off_the_event_loop_and_returns_its_value(db: Db) -> None:
+async def test_process_runs_a_sync_function_off_the_event_loop_and_returns_its_value(
+    db: Db,
+) -> None:
     table = await db.create_meta(weights=[1, 2])
     loop_thread = threading.get_ident()
     seen: dict[str, Any] = {}
@@ -359,7 +363,11 @@ async def test_two_inventories_with_many_tasks_never_get_overlapping_ranges(db: 
 
     async with db.inventory() as first, db.inventory() as second:
         await asyncio.gather(
-            *(worker(inv, f"{label}{n}") for label, inv in (("a", first), ("b", second)) for n in range(6))
+            *(
+                worker(inv, f"{label}{n}")
+                for label, inv in (("a", first), ("b", second))
+                for n in range(6)
+            )
         )
 
     ranges = sorted((start, end) for start, end, _ in taken)

@@ -51,9 +51,12 @@ def sqlite_leak_known_on_313(db_kind: str, request: pytest.FixtureRequest) -> No
     reports (ResourceWarning: unclosed database), failing the test. Strict: once fixed,
     the XPASS fails the run, and this marker must go."""
     if db_kind == "sqlite" and sys.version_info >= (3, 13):
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="known leak: a cancelled SQLite acquisition leaves its connection unclosed"
-        ))
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="known leak: a cancelled SQLite acquisition leaves its connection unclosed",
+            )
+        )
 
 
 @pytest.mark.usefixtures("sqlite_leak_known_on_313")
@@ -97,7 +100,9 @@ async def test_cancelling_acquisitions_at_many_delays_leaks_nothing_and_loses_no
 
 async def lock_job_row(db: Db, conn: AsyncConnection, job: str) -> None:
     await conn.execute(
-        sa.text(f"SELECT 1 FROM {db.qualified('inventory_jobs')} WHERE job_identifier = :j FOR UPDATE"),
+        sa.text(
+            f"SELECT 1 FROM {db.qualified('inventory_jobs')} WHERE job_identifier = :j FOR UPDATE"
+        ),
         {"j": job},
     )
 

@@ -54,9 +54,7 @@ async def _another_writer_gets_through(db: Db) -> float:
     else:
         async with db.engine.begin() as conn:
             await conn.execute(sa.text("SET LOCAL lock_timeout = '1s'"))
-            await conn.execute(
-                sa.text(f"UPDATE {db.qualified('inventory')} SET worker = worker")
-            )
+            await conn.execute(sa.text(f"UPDATE {db.qualified('inventory')} SET worker = worker"))
     return time.monotonic() - started
 
 
@@ -164,5 +162,3 @@ async def test_concurrent_cancelled_acquisitions_leave_no_batch_running(db: Db) 
 
         await asyncio.gather(*(worker(n) for n in range(4)))
         assert await _running(db) == 0
-
-

@@ -74,7 +74,11 @@ async def test_init_jobs_status_and_trace(db: Db) -> None:
     assert status.returncode == 0, status.stderr
     assert "8 items, weight 16" in status.stdout
     as_json = ok_json(out["status_json"])
-    assert (as_json["cursor"], as_json["succeeded"], as_json["backlog"]) == (2, 1, {"items": 8, "weight": 16.0})
+    assert (as_json["cursor"], as_json["succeeded"], as_json["backlog"]) == (
+        2,
+        1,
+        {"items": 8, "weight": 16.0},
+    )
 
     trace = out["trace"]
     assert trace.returncode == 0, trace.stderr
@@ -86,7 +90,9 @@ async def test_init_jobs_status_and_trace(db: Db) -> None:
 async def test_retry_and_reset(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 6)
     async with db.inventory() as inv:
-        failed = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3, max_attempts=1)
+        failed = await inv.acquire_batch(
+            source_table=table, job_identifier="j", weight=3, max_attempts=1
+        )
         running = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
         assert failed is not None and running is not None
         await failed.error("boom")
@@ -114,10 +120,16 @@ async def test_an_unknown_job_is_one_line_on_stderr_and_exit_code_2(db: Db) -> N
     )
 
 
-async def test_bad_arguments_and_an_unreachable_database_never_show_a_traceback(tmp_path: Path) -> None:
+async def test_bad_arguments_and_an_unreachable_database_never_show_a_traceback(
+    tmp_path: Path,
+) -> None:
     db = Db("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'x.sqlite3'}", None, None)  # type: ignore[arg-type]
     usage = await cli(db, "trace", "meta", "not-a-number")
-    assert usage.returncode == 2 and usage.stderr.count("\n") == 1 and "not an integer id" in usage.stderr
+    assert (
+        usage.returncode == 2
+        and usage.stderr.count("\n") == 1
+        and "not an integer id" in usage.stderr
+    )
 
     secret_url = "postgresql+asyncpg://someone:s3cret@127.0.0.1:1/nowhere"
     down = await cli(db, "jobs", url=secret_url)

@@ -50,7 +50,9 @@ async def test_a_closed_pipe_is_not_an_error(db: Db, tmp_path: Path) -> None:
         f"set -o pipefail; {shlex.quote(sys.executable)} -m pybatchintory --inventory-url "
         f"{shlex.quote(db.url)} jobs 2>{shlex.quote(str(tmp_path / 'err'))} | true"
     )
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60
+    )
     errors = (tmp_path / "err").read_text()
     assert done.returncode == 0, errors
     assert "Traceback" not in errors and "BrokenPipe" not in errors
@@ -59,7 +61,10 @@ async def test_a_closed_pipe_is_not_an_error(db: Db, tmp_path: Path) -> None:
 def test_help_has_no_markup() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pybatchintory", "--help"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert done.returncode == 0 and "``" not in done.stdout
 
@@ -73,7 +78,9 @@ def test_help_has_no_markup() -> None:
         (("reset", "j", "--to", str(2**64)), "outside the 64-bit id range"),
     ],
 )
-async def test_impossible_input_is_refused_in_one_line(db: Db, args: tuple[str, ...], message: str) -> None:
+async def test_impossible_input_is_refused_in_one_line(
+    db: Db, args: tuple[str, ...], message: str
+) -> None:
     result = await cli(db, *args)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -74,7 +74,11 @@ def test_meta_url_defaults_to_the_inventory_url(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_dotenv_in_the_working_directory_is_read(clean_environment: Path) -> None:
-    _dotenv(clean_environment / ".env", inventory_url="sqlite+aiosqlite:///from_dotenv.db", max_attempts="7")
+    _dotenv(
+        clean_environment / ".env",
+        inventory_url="sqlite+aiosqlite:///from_dotenv.db",
+        max_attempts="7",
+    )
     (clean_environment / ".env").write_text(
         (clean_environment / ".env").read_text() + "UNRELATED_VARIABLE=ignored\n"
     )
@@ -134,7 +138,9 @@ async def test_inventory_with_no_arguments_works_from_the_environment_alone(
         batch = await inv.acquire_batch(source_table=table, job_identifier="env_job", max_items=2)
         assert batch is not None and batch.item_count == 2
         await batch.success()
-    assert await db.scalar("SELECT count(*) FROM {s}inventory WHERE job_identifier = 'env_job'") == 1
+    assert (
+        await db.scalar("SELECT count(*) FROM {s}inventory WHERE job_identifier = 'env_job'") == 1
+    )
 
 
 # -- invalid settings ----------------------------------------------------------------------
@@ -197,7 +203,12 @@ def test_reprs_of_settings_and_inventory_hide_the_password() -> None:
     url = f"postgresql+asyncpg://user:{SECRET}@db.example.com/lake"
     settings = Settings(inventory_url=url, meta_url=url)
     assert settings.inventory_dsn == url  # the clear value is there for the engine
-    for text in (repr(settings), str(settings), str(settings.model_dump()), settings.model_dump_json()):
+    for text in (
+        repr(settings),
+        str(settings),
+        str(settings.model_dump()),
+        settings.model_dump_json(),
+    ):
         assert SECRET not in text
     inventory = Inventory(inventory_url=url)
     assert SECRET not in repr(inventory)
@@ -239,7 +250,6 @@ async def test_an_open_inventory_with_a_password_never_shows_it(pg_only: Db) -> 
         assert secret not in str(raised.value)
 
 
-
 @pytest.mark.parametrize(
     "override",
     [
@@ -268,7 +278,9 @@ def test_pgbouncer_engine_options_and_connect_args_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PYBATCHINTORY_PGBOUNCER", "true")
-    monkeypatch.setenv("PYBATCHINTORY_ENGINE_OPTIONS", '{"pool_recycle": 300, "poolclass": "NullPool"}')
+    monkeypatch.setenv(
+        "PYBATCHINTORY_ENGINE_OPTIONS", '{"pool_recycle": 300, "poolclass": "NullPool"}'
+    )
     monkeypatch.setenv("PYBATCHINTORY_CONNECT_ARGS", '{"command_timeout": 60}')
     settings = Settings()
     assert settings.pgbouncer is True
@@ -307,7 +319,9 @@ async def test_numeric_driver_arguments_in_the_url_query_are_numbers() -> None:
             pass
     assert "ConnectionRefusedError" in str(raised.value)
     bad = url.replace("=0", "=none")
-    with pytest.raises(ConfigurationError, match="statement_cache_size must be a number") as raised2:
+    with pytest.raises(
+        ConfigurationError, match="statement_cache_size must be a number"
+    ) as raised2:
         async with Inventory(inventory_url=bad):
             pass
     assert SECRET not in str(raised2.value)
@@ -316,6 +330,7 @@ async def test_numeric_driver_arguments_in_the_url_query_are_numbers() -> None:
 def test_connect_args_stay_out_of_the_settings_repr() -> None:
     settings = Settings(connect_args={"password": SECRET})
     assert SECRET not in repr(settings)
+
 
 def test_a_misspelled_setting_is_refused_not_ignored() -> None:
     with pytest.raises(ConfigurationError, match="unknown setting.*max_atempts"):

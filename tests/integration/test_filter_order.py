@@ -23,8 +23,12 @@ async def test_the_same_mapping_in_another_key_order_is_the_same_job(db: Db) -> 
     other = {"weight": 1, "category": "red"}
     # Two inventories: as two processes, each with its own reflected source.
     async with db.inventory() as a, db.inventory() as b:
-        first = await a.acquire_batch(source_table=table, job_identifier="j", filter=one, max_items=3)
-        second = await b.acquire_batch(source_table=table, job_identifier="j", filter=other, max_items=3)
+        first = await a.acquire_batch(
+            source_table=table, job_identifier="j", filter=one, max_items=3
+        )
+        second = await b.acquire_batch(
+            source_table=table, job_identifier="j", filter=other, max_items=3
+        )
         assert first is not None and second is not None
         assert first.range_end < second.range_start
         await first.success()
@@ -37,24 +41,34 @@ async def test_an_in_list_in_another_order_is_the_same_job(db: Db) -> None:
     table = await _table(db)
     async with db.inventory() as a, db.inventory() as b:
         first = await a.acquire_batch(
-            source_table=table, job_identifier="j", filter={"category": ["red", "blue"]}, max_items=2
+            source_table=table,
+            job_identifier="j",
+            filter={"category": ["red", "blue"]},
+            max_items=2,
         )
         second = await b.acquire_batch(
-            source_table=table, job_identifier="j", filter={"category": ("blue", "red", "blue")}, max_items=2
+            source_table=table,
+            job_identifier="j",
+            filter={"category": ("blue", "red", "blue")},
+            max_items=2,
         )
         assert first is not None and second is not None
         await first.success()
         await second.success()
         # Another filter is still another job.
         with pytest.raises(JobSourceMismatchError):
-            await b.acquire_batch(source_table=table, job_identifier="j", filter={"category": ["red"]})
+            await b.acquire_batch(
+                source_table=table, job_identifier="j", filter={"category": ["red"]}
+            )
 
 
 async def test_a_filter_text_stored_in_the_old_key_order_still_matches(db: Db) -> None:
     table = await _table(db)
     mapping = {"weight": 1, "category": "red"}
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j", filter=mapping, max_items=2)
+        batch = await inv.acquire_batch(
+            source_table=table, job_identifier="j", filter=mapping, max_items=2
+        )
         assert batch is not None
         await batch.success()
     stored = await db.scalar("SELECT filter_text FROM {s}inventory_jobs")

@@ -39,19 +39,23 @@ async def insert(conn: AsyncConnection, db: Db, uri: str, name: str = "meta") ->
 async def take_all(inv: Inventory, table: str, job: str, **kw: Any) -> list[tuple[int, int]]:
     """Acquire and finish batches until None; their ranges."""
     taken = []
-    while (batch := await inv.acquire_batch(source_table=table, job_identifier=job, weight=1, **kw)) is not None:
+    while (
+        batch := await inv.acquire_batch(source_table=table, job_identifier=job, weight=1, **kw)
+    ) is not None:
         taken.append((batch.range_start, batch.range_end))
         await batch.success()
     return taken
 
 
 def horizon_of(inv: Inventory) -> Any:
-    (source, _), = inv.storage._sources.values()
+    ((source, _),) = inv.storage._sources.values()
     return source.horizon
 
 
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
-async def test_a_lower_id_committed_late_is_waited_for_not_skipped(pg_only: Db, outcome: str) -> None:
+async def test_a_lower_id_committed_late_is_waited_for_not_skipped(
+    pg_only: Db, outcome: str
+) -> None:
     db = pg_only
     table = await db.create_meta()
     async with db.inventory() as inv, open_writer(db) as a:
@@ -102,16 +106,26 @@ async def test_rows_below_an_open_writer_are_taken_and_the_rest_follow(pg_only: 
         assert horizon_of(inv).settled == 6
 
 
-async def test_a_writer_of_a_partition_holds_the_horizon_of_the_partitioned_table(pg_only: Db) -> None:
+async def test_a_writer_of_a_partition_holds_the_horizon_of_the_partitioned_table(
+    pg_only: Db,
+) -> None:
     db = pg_only
     s = f'"{db.schema}"'
     async with db.engine.begin() as conn:
-        await conn.execute(sa.text(
-            f"CREATE TABLE {s}.parted (id bigserial, uri text NOT NULL, weight double precision, "
-            "category text, PRIMARY KEY (id)) PARTITION BY RANGE (id)"
-        ))
-        await conn.execute(sa.text(f"CREATE TABLE {s}.low PARTITION OF {s}.parted FOR VALUES FROM (1) TO (1000)"))
-        await conn.execute(sa.text(f"CREATE TABLE {s}.high PARTITION OF {s}.parted FOR VALUES FROM (1000) TO (MAXVALUE)"))
+        await conn.execute(
+            sa.text(
+                f"CREATE TABLE {s}.parted (id bigserial, uri text NOT NULL, weight double precision, "
+                "category text, PRIMARY KEY (id)) PARTITION BY RANGE (id)"
+            )
+        )
+        await conn.execute(
+            sa.text(f"CREATE TABLE {s}.low PARTITION OF {s}.parted FOR VALUES FROM (1) TO (1000)")
+        )
+        await conn.execute(
+            sa.text(
+                f"CREATE TABLE {s}.high PARTITION OF {s}.parted FOR VALUES FROM (1000) TO (MAXVALUE)"
+            )
+        )
     table = db.qualified("parted")
     async with db.inventory() as inv, open_writer(db) as a:
         # straight into the partition: the parent itself is never locked by this writer
@@ -142,7 +156,9 @@ async def test_status_names_the_session_that_holds_the_horizon(pg_only: Db) -> N
             (holder,) = status.horizon.held_by
             assert holder.pid == pid
             assert holder.state == "idle in transaction"
-            assert holder.transaction_age_seconds is not None and holder.transaction_age_seconds >= 0
+            assert (
+                holder.transaction_age_seconds is not None and holder.transaction_age_seconds >= 0
+            )
             assert holder.transaction_start is not None
             assert "INSERT INTO" in (holder.query or "")
             assert status.as_dict()["horizon"]["held_by"][0]["pid"] == pid
@@ -180,13 +196,17 @@ async def test_a_cached_sequence_is_refused_with_the_ways_out(pg_only: Db) -> No
 async def test_an_id_without_a_sequence_is_refused_unless_opted_out(pg_only: Db) -> None:
     db = pg_only
     async with db.engine.begin() as conn:
-        await conn.execute(sa.text(
-            f'CREATE TABLE "{db.schema}".plain (id bigint PRIMARY KEY, weight double precision)'
-        ))
+        await conn.execute(
+            sa.text(
+                f'CREATE TABLE "{db.schema}".plain (id bigint PRIMARY KEY, weight double precision)'
+            )
+        )
         await conn.execute(sa.text(f'INSERT INTO "{db.schema}".plain VALUES (1, 1), (2, 1)'))
     table = db.qualified("plain")
     async with db.inventory() as inv:
-        with pytest.raises(HorizonUnavailableError, match="identity column or give it DEFAULT nextval"):
+        with pytest.raises(
+            HorizonUnavailableError, match="identity column or give it DEFAULT nextval"
+        ):
             await inv.acquire_batch(source_table=table, job_identifier="inc")
         assert await take_all(inv, table, "inc", horizon=None) == [(1, 1), (2, 2)]
 
@@ -194,10 +214,12 @@ async def test_an_id_without_a_sequence_is_refused_unless_opted_out(pg_only: Db)
 async def test_a_settle_lag_chosen_turns_the_horizon_off(pg_only: Db) -> None:
     db = pg_only
     async with db.engine.begin() as conn:
-        await conn.execute(sa.text(
-            f'CREATE TABLE "{db.schema}".ev (id bigint PRIMARY KEY, weight double precision, '
-            "created_at timestamptz NOT NULL DEFAULT now() - interval '1 hour')"
-        ))
+        await conn.execute(
+            sa.text(
+                f'CREATE TABLE "{db.schema}".ev (id bigint PRIMARY KEY, weight double precision, '
+                "created_at timestamptz NOT NULL DEFAULT now() - interval '1 hour')"
+            )
+        )
         await conn.execute(sa.text(f'INSERT INTO "{db.schema}".ev (id, weight) VALUES (1, 1)'))
     settle = {"settle_column": "created_at", "settle_seconds": 60}
     async with db.inventory() as inv:
@@ -213,7 +235,11 @@ async def test_a_backfill_below_the_horizon_reads_no_lockers(pg_only: Db) -> Non
         reads = horizon.refreshes
         async with open_writer(db) as a:
             await insert(a, db, "open")  # a writer open the whole time
-            assert await take_all(inv, table, "backfill", id_start=2, id_end=4) == [(2, 2), (3, 3), (4, 4)]
+            assert await take_all(inv, table, "backfill", id_start=2, id_end=4) == [
+                (2, 2),
+                (3, 3),
+                (4, 4),
+            ]
             assert horizon.refreshes == reads  # planned below the settled horizon: no pg_locks
             await a.rollback()
 
@@ -244,14 +270,16 @@ async def test_sqlite_accepts_the_exact_horizon(db: Db) -> None:
         "id bigint PRIMARY KEY DEFAULT nextval('{schema}.\"Odd Seq\"')",  # not owned, quoted
     ],
 )
-async def test_identity_and_hand_written_nextval_defaults_are_accepted(pg_only: Db, id_ddl: str) -> None:
+async def test_identity_and_hand_written_nextval_defaults_are_accepted(
+    pg_only: Db, id_ddl: str
+) -> None:
     db = pg_only
     s = f'"{db.schema}"'
     async with db.engine.begin() as conn:
         await conn.execute(sa.text(f'CREATE SEQUENCE {s}."Odd Seq"'))
-        await conn.execute(sa.text(
-            f"CREATE TABLE {s}.ident ({id_ddl.format(schema=s)}, weight double precision)"
-        ))
+        await conn.execute(
+            sa.text(f"CREATE TABLE {s}.ident ({id_ddl.format(schema=s)}, weight double precision)")
+        )
         await conn.execute(sa.text(f"INSERT INTO {s}.ident (weight) VALUES (1), (1)"))
     async with db.inventory() as inv:
         assert await take_all(inv, db.qualified("ident"), "inc") == [(1, 1), (2, 2)]

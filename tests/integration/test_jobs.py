@@ -50,7 +50,11 @@ async def test_a_job_drives_acquisition_backlog_and_status(db: Db) -> None:
         assert await inv.backlog(job) == Backlog(5, 2500.0)  # json: ids 1, 3, 5, 7, 9
         batch = await inv.acquire_batch(job)
         # json rows are the odd ids 1, 3, 5, ...: 100 + 300 fit in 400
-        assert batch is not None and (batch.range_start, batch.range_end, batch.weight) == (1, 3, 400)
+        assert batch is not None and (batch.range_start, batch.range_end, batch.weight) == (
+            1,
+            3,
+            400,
+        )
         await batch.success()
 
         # by name only: the stored definition brings the weight column and the filter
@@ -108,8 +112,6 @@ async def test_status_without_the_metadata_database_reports_the_inventorys_count
     assert status.backlog_note is not None and "could not be read" in status.backlog_note
 
 
-
-
 async def test_sync_face_acquires_with_a_job_and_overrides(db: Db) -> None:
     table = await _sized_table(db)
     job = Job("sync_job", source_table=table, weight_column="size_bytes", weight=300)
@@ -137,7 +139,9 @@ async def test_one_connection_per_acquisition_when_both_urls_are_one_database(db
         assert inv.storage.same_database
         # horizon=None: the exact horizon reads PostgreSQL's lock table on the metadata
         # engine (autocommit, a snapshot of its own) at the tail; planning is what counts
-        job = Job("one_conn", source_table=table, weight_column="size_bytes", max_items=2, horizon=None)
+        job = Job(
+            "one_conn", source_table=table, weight_column="size_bytes", max_items=2, horizon=None
+        )
         first = await inv.acquire_batch(job, load_items=False)  # reflects the table once
         assert first is not None
         sa.event.listen(inv.meta_engine.sync_engine, "checkout", lambda *a: checkouts.append(1))

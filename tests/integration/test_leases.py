@@ -26,7 +26,9 @@ async def test_a_stale_worker_cannot_finish_a_batch_that_was_reclaimed(db: Db) -
     table = await db.create_meta(weights=[1] * 5)
     stale_inv, new_inv = db.inventory(worker="stale"), db.inventory(worker="new")
     async with stale_inv, new_inv:
-        stale = await stale_inv.acquire_batch(source_table=table, job_identifier="j", lease_seconds=0.5)
+        stale = await stale_inv.acquire_batch(
+            source_table=table, job_identifier="j", lease_seconds=0.5
+        )
         assert stale is not None and stale.attempt == 1
         # The whole table is in the stale batch: until its lease runs out there is nothing.
         new = await wait_for_batch(new_inv, source_table=table, job_identifier="j")
@@ -42,7 +44,9 @@ async def test_a_stale_worker_cannot_finish_a_batch_that_was_reclaimed(db: Db) -
     row = (await db.rows("SELECT status, attempt, result, worker FROM {s}inventory"))[0]
     assert (row.status, row.attempt, row.worker) == ("succeeded", 2, "new")
     assert row.result in ({"by": "new"}, '{"by": "new"}')
-    logs = await db.rows("SELECT attempt, status, logging, worker FROM {s}inventory_logs ORDER BY attempt")
+    logs = await db.rows(
+        "SELECT attempt, status, logging, worker FROM {s}inventory_logs ORDER BY attempt"
+    )
     assert [(log.attempt, log.status, log.worker) for log in logs] == [
         (1, "failed", "stale"),
         (2, "succeeded", "new"),

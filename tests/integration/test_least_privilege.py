@@ -43,8 +43,10 @@ class Roles:
     names: dict[str, str]  # documented name -> this test's unique name
 
     def url(self, role: str) -> str:
-        return make_url(PG_URL).set(username=self.names[role], password=None).render_as_string(
-            hide_password=False
+        return (
+            make_url(PG_URL)
+            .set(username=self.names[role], password=None)
+            .render_as_string(hide_password=False)
         )
 
 

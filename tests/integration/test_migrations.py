@@ -49,20 +49,37 @@ async def make_v1_inventory(db: Db) -> str:
     now = datetime.now(timezone.utc)
     t = lambda minutes: _ts(db, now - timedelta(minutes=minutes))  # noqa: E731
 
-    def batch(bid: int, job: str, lo: int, hi: int, status: str, attempt: int, **kw: Any) -> dict[str, Any]:
+    def batch(
+        bid: int, job: str, lo: int, hi: int, status: str, attempt: int, **kw: Any
+    ) -> dict[str, Any]:
         return {
-            "id": bid, "job_identifier": job, "generation": 0, "processing_start": t(60),
-            "processing_end": kw.get("end"), "range_start": lo, "range_end": hi,
-            "weight": float(hi - lo + 1), "item_count": hi - lo + 1, "attempt": attempt,
-            "max_attempts": 3, "status": status, "lease_expires_at": kw.get("lease"),
-            "worker": "old-host:1", "result": kw.get("result"),
+            "id": bid,
+            "job_identifier": job,
+            "generation": 0,
+            "processing_start": t(60),
+            "processing_end": kw.get("end"),
+            "range_start": lo,
+            "range_end": hi,
+            "weight": float(hi - lo + 1),
+            "item_count": hi - lo + 1,
+            "attempt": attempt,
+            "max_attempts": 3,
+            "status": status,
+            "lease_expires_at": kw.get("lease"),
+            "worker": "old-host:1",
+            "result": kw.get("result"),
         }
 
     def log(bid: int, attempt: int, status: str, text: str | None = None) -> dict[str, Any]:
         end = None if status == "running" else t(50)
         return {
-            "id": bid, "attempt": attempt, "processing_start": t(60), "processing_end": end,
-            "status": status, "logging": text, "worker": "old-host:1",
+            "id": bid,
+            "attempt": attempt,
+            "processing_start": t(60),
+            "processing_end": end,
+            "status": status,
+            "logging": text,
+            "worker": "old-host:1",
         }
 
     async with db.engine.begin() as conn:
@@ -71,10 +88,22 @@ async def make_v1_inventory(db: Db) -> str:
         await conn.execute(
             sa.insert(jobs),
             [
-                {**job, "job_identifier": "convert", "cursor": 8, "generation": 0,
-                 "created_at": t(90), "updated_at": t(60)},
-                {**job, "job_identifier": "index", "cursor": 2, "generation": 0,
-                 "created_at": t(90), "updated_at": t(60)},
+                {
+                    **job,
+                    "job_identifier": "convert",
+                    "cursor": 8,
+                    "generation": 0,
+                    "created_at": t(90),
+                    "updated_at": t(60),
+                },
+                {
+                    **job,
+                    "job_identifier": "index",
+                    "cursor": 2,
+                    "generation": 0,
+                    "created_at": t(90),
+                    "updated_at": t(60),
+                },
             ],
         )
         await conn.execute(
@@ -90,9 +119,13 @@ async def make_v1_inventory(db: Db) -> str:
         await conn.execute(
             sa.insert(logs),
             [
-                log(1, 1, "succeeded"), log(2, 1, "failed", "boom"), log(3, 1, "running"),
-                log(4, 1, "failed", "boom 1"), log(4, 2, "failed", "boom 2"),
-                log(4, 3, "failed", "boom 3"), log(5, 1, "succeeded"),
+                log(1, 1, "succeeded"),
+                log(2, 1, "failed", "boom"),
+                log(3, 1, "running"),
+                log(4, 1, "failed", "boom 1"),
+                log(4, 2, "failed", "boom 2"),
+                log(4, 3, "failed", "boom 3"),
+                log(5, 1, "succeeded"),
             ],
         )
         if db.kind == "postgresql":  # the ids came from the sequence in 0.1.0's database
@@ -129,7 +162,10 @@ async def stamped_versions(db: Db) -> list[str] | None:
 async def catalog(db: Db) -> list[tuple[Any, ...]]:
     """The schema objects (tables, columns, indexes, constraints) as the catalog lists them."""
     if db.kind == "sqlite":
-        return [tuple(r) for r in await db.rows("SELECT type, name, sql FROM sqlite_master ORDER BY name")]
+        return [
+            tuple(r)
+            for r in await db.rows("SELECT type, name, sql FROM sqlite_master ORDER BY name")
+        ]
     return [
         tuple(r)
         for r in await db.rows(
@@ -172,7 +208,9 @@ async def assert_acquisition_continues(db: Db, table: str) -> None:
             taken.append((batch.id, batch.range_start, batch.range_end, batch.attempt))
             await batch.success()
         assert taken == [(2, 3, 4, 2), (3, 5, 6, 2), (6, 9, 10, 1)]
-        assert await inv.acquire_batch(source_table=table, job_identifier="convert", weight=2) is None
+        assert (
+            await inv.acquire_batch(source_table=table, job_identifier="convert", weight=2) is None
+        )
         # The other job too: its cursor was 2.
         other = await inv.acquire_batch(source_table=table, job_identifier="index", weight=100)
         assert other is not None and (other.range_start, other.range_end) == (3, 10)
@@ -184,11 +222,19 @@ async def assert_acquisition_continues(db: Db, table: str) -> None:
     )
     assert expired[0][0] == "failed" and LEASE_EXPIRED in expired[0][1]
     # The new column exists, and each old job's next acquisition stored its definition.
-    stored = [json.loads(r[0]) for r in await db.rows("SELECT definition FROM {s}inventory_jobs ORDER BY job_identifier")]
-    assert [(d["source_table"].rpartition(".")[2], d["weight"]) for d in stored] == [("meta", 2.0), ("meta", 100.0)]
+    stored = [
+        json.loads(r[0])
+        for r in await db.rows("SELECT definition FROM {s}inventory_jobs ORDER BY job_identifier")
+    ]
+    assert [(d["source_table"].rpartition(".")[2], d["weight"]) for d in stored] == [
+        ("meta", 2.0),
+        ("meta", 100.0),
+    ]
 
 
-def _keep_old_rows(before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]) -> None:
+def _keep_old_rows(
+    before: dict[str, list[tuple[Any, ...]]], after: dict[str, list[tuple[Any, ...]]]
+) -> None:
     for name in V1_TABLES:
         assert after[name] == before[name], f"{name} changed by the upgrade"
 
@@ -258,14 +304,20 @@ async def test_newer_tables_are_refused_and_nothing_is_written(db: Db, shape: st
     await make_v1_inventory(db)
     if shape == "stamped":  # version-1 tables that a future library stamped
         async with db.engine.begin() as conn:
-            vt = sa.Table("inventory_jobs_version", sa.MetaData(schema=db.schema), sa.Column("version_num", sa.String(32)))
+            vt = sa.Table(
+                "inventory_jobs_version",
+                sa.MetaData(schema=db.schema),
+                sa.Column("version_num", sa.String(32)),
+            )
             await conn.run_sync(vt.create)
             await conn.execute(sa.insert(vt).values(version_num="0099"))
     else:  # current tables, then a future library's version
         async with db.inventory():
             pass
         async with db.engine.begin() as conn:
-            await conn.execute(sa.text(f"UPDATE {db.qualified('inventory_jobs_version')} SET version_num = '0099'"))
+            await conn.execute(
+                sa.text(f"UPDATE {db.qualified('inventory_jobs_version')} SET version_num = '0099'")
+            )
     before_rows, before_catalog = await v1_rows(db), await catalog(db)
 
     with pytest.raises(SchemaVersionError) as raised:
@@ -298,8 +350,13 @@ async def test_processes_opening_old_tables_at_once_upgrade_once(db: Db, tmp_pat
     count = 8 if db.kind == "postgresql" else 4
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.integration._migrate_worker", args,
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "tests.integration._migrate_worker",
+            args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(count)
     ]
@@ -338,7 +395,11 @@ async def test_check_exit_codes(db: Db) -> None:
     old = await cli(db, "--json", "check")
     assert old.returncode == 1, old.stderr
     state = json.loads(old.stdout)
-    assert (state["tables_version"], state["stamped"], state["library_version"]) == (1, False, LIBRARY_VERSION)
+    assert (state["tables_version"], state["stamped"], state["library_version"]) == (
+        1,
+        False,
+        LIBRARY_VERSION,
+    )
     assert state["status"] == "upgrade pending" and state["pending"]
     assert state["exclusion_constraint"] is (True if db.kind == "postgresql" else None)
     assert await stamped_versions(db) is None  # check writes nothing
@@ -352,7 +413,9 @@ async def test_check_exit_codes(db: Db) -> None:
     assert f"exclusion constraint  {expected}" in current.stdout
 
     async with db.engine.begin() as conn:
-        await conn.execute(sa.text(f"UPDATE {db.qualified('inventory_jobs_version')} SET version_num = '0099'"))
+        await conn.execute(
+            sa.text(f"UPDATE {db.qualified('inventory_jobs_version')} SET version_num = '0099'")
+        )
     newer = await cli(db, "check")
     assert newer.returncode == 2, newer.stdout
     assert "newer than this library" in newer.stdout
@@ -376,7 +439,9 @@ async def test_migrate_restores_a_missing_exclusion_constraint(pg_only: Db) -> N
         pass
     async with db.engine.begin() as conn:
         await conn.execute(
-            sa.text(f"ALTER TABLE {db.qualified('inventory')} DROP CONSTRAINT inventory_ranges_disjoint")
+            sa.text(
+                f"ALTER TABLE {db.qualified('inventory')} DROP CONSTRAINT inventory_ranges_disjoint"
+            )
         )
     assert "exclusion constraint  absent" in (await cli(db, "check")).stdout
     assert (await cli(db, "check")).returncode == 0  # the version is current all the same
@@ -422,7 +487,9 @@ async def test_upgrade_without_privilege_names_migrate(pg_only: Db) -> None:
         await conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
         await conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {db.schema} TO {role}"))
         await conn.execute(
-            sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {db.schema} TO {role}")
+            sa.text(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {db.schema} TO {role}"
+            )
         )
     url = sa.make_url(db.url).set(username=role).render_as_string(hide_password=False)
     try:
@@ -436,7 +503,9 @@ async def test_upgrade_without_privilege_names_migrate(pg_only: Db) -> None:
 
         # Creating new tables (their schema, first) is refused the same way.
         with pytest.raises(SchemaVersionError) as raised:
-            await db.inventory(inventory_url=url, meta_url=url, schema_name=f"{db.schema}_new").open()
+            await db.inventory(
+                inventory_url=url, meta_url=url, schema_name=f"{db.schema}_new"
+            ).open()
         assert "creating the backend tables failed for lack of privilege" in str(raised.value)
         assert "pybatchintory migrate" in str(raised.value)
 

@@ -59,12 +59,16 @@ async def test_an_unknown_upstream_job_is_named_and_nothing_is_registered(db: Db
     async with db.inventory() as inv:
         upstream = await inv.acquire_batch(Job("convert", source_table=table))
         assert upstream is not None
-        with pytest.raises(InvalidArgumentError, match=r"no upstream job 'convrt'.*did you mean 'convert'"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"no upstream job 'convrt'.*did you mean 'convert'"
+        ):
             await inv.acquire_batch(source_job="convrt", job_identifier="down")
         assert [j.job_identifier for j in await inv.jobs()] == ["convert"]
 
 
-async def test_retry_names_an_unknown_job_an_unknown_batch_and_one_with_attempts_left(db: Db) -> None:
+async def test_retry_names_an_unknown_job_an_unknown_batch_and_one_with_attempts_left(
+    db: Db,
+) -> None:
     table = await db.create_meta(weights=[1] * 4)
     async with db.inventory() as inv:
         job = Job("convert", source_table=table, max_items=1, max_attempts=2)
@@ -75,11 +79,16 @@ async def test_retry_names_an_unknown_job_an_unknown_batch_and_one_with_attempts
             await inv.retry("nojob")
         with pytest.raises(InvalidArgumentError, match="has no batch 999"):
             await inv.retry("convert", 999)
-        with pytest.raises(InvalidArgumentError, match=r"still has attempts left \(attempt 1 of 2\)"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"still has attempts left \(attempt 1 of 2\)"
+        ):
             await inv.retry("convert", flaky.id)
         assert await inv.retry("convert") == []  # a known job with nothing out of attempts
-    for args in (("retry", "nojob"), ("retry", "convert", "--batch", "999"),
-                 ("retry", "convert", "--batch", str(flaky.id))):
+    for args in (
+        ("retry", "nojob"),
+        ("retry", "convert", "--batch", "999"),
+        ("retry", "convert", "--batch", str(flaky.id)),
+    ):
         result = await cli(db, *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
@@ -99,7 +108,9 @@ async def test_an_acquisition_that_hands_out_nothing_says_why(
             # the downstream waits for the upstream's running batch
             assert await inv.acquire_batch(source_job="convert", job_identifier="down") is None
         assert "upstream frontier: batch" in inv.idle_reasons["down"]
-        assert any("nothing to hand out: upstream frontier" in r.getMessage() for r in caplog.records)
+        assert any(
+            "nothing to hand out: upstream frontier" in r.getMessage() for r in caplog.records
+        )
         assert "upstream frontier" in ((await inv.status("down")).idle_reason or "")
         await batch.success()
 
@@ -110,7 +121,9 @@ async def test_an_acquisition_that_hands_out_nothing_says_why(
 
         assert await inv.acquire_batch(whole) is None
         assert inv.idle_reasons["convert"] == "nothing new: no matching item after id 4"
-        assert (await inv.status("convert")).idle_reason == "nothing new: no matching item after id 4"
+        assert (
+            await inv.status("convert")
+        ).idle_reason == "nothing new: no matching item after id 4"
         await db.add_items("meta", [1])
         assert await inv.acquire_batch(whole) is not None
         assert "convert" not in inv.idle_reasons
@@ -136,11 +149,16 @@ def test_the_cli_names_a_misspelled_variable_in_one_line(tmp_path: Path) -> None
     env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run(
         [sys.executable, "-m", "pybatchintory", "jobs"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
-    assert "PYBATCHINTORY_INVENTRY_URL" in result.stderr and "PYBATCHINTORY_INVENTORY_URL" in result.stderr
+    assert (
+        "PYBATCHINTORY_INVENTRY_URL" in result.stderr
+        and "PYBATCHINTORY_INVENTORY_URL" in result.stderr
+    )
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pybatchintory.sqlite3").exists(), "no new empty inventory"
-
-

@@ -24,7 +24,9 @@ async def test_status_counts_batches_by_outcome_and_the_backlog_ahead(db: Db) ->
     table = await db.create_meta(weights=[2] * 20)
     async with db.inventory() as inv:
         b1, b2, b3, b4 = [
-            await inv.acquire_batch(source_table=table, job_identifier="j", weight=6, max_attempts=a)
+            await inv.acquire_batch(
+                source_table=table, job_identifier="j", weight=6, max_attempts=a
+            )
             for a in (3, 1, 3, 3)
         ]
         assert b1 and b2 and b3 and b4
@@ -34,7 +36,10 @@ async def test_status_counts_batches_by_outcome_and_the_backlog_ahead(db: Db) ->
         status = await inv.status("j")
 
     assert (status.source_kind, status.source, status.cursor, status.generation) == (
-        "table", table, 12, 0
+        "table",
+        table,
+        12,
+        0,
     )
     assert (status.running, status.running_weight) == (1, 6)
     assert (status.succeeded, status.succeeded_weight) == (1, 6)
@@ -58,7 +63,10 @@ async def test_backlog_respects_the_window_and_counts_a_new_job_from_the_start(d
         assert batch is not None and batch.range_end == 2
         await batch.success()
         windowed = await inv.status("j", id_end=4)
-        assert windowed.backlog is not None and (windowed.backlog.items, windowed.backlog.weight) == (2, 7)
+        assert windowed.backlog is not None and (
+            windowed.backlog.items,
+            windowed.backlog.weight,
+        ) == (2, 7)
         fresh = await inv.backlog(source_table=table, job_identifier="new", id_start=2)
         assert (fresh.items, fresh.weight) == (5, 20)
         counted = await inv.acquire_batch(
@@ -67,7 +75,10 @@ async def test_backlog_respects_the_window_and_counts_a_new_job_from_the_start(d
         assert counted is not None and counted.weight == 2  # every item weighs 1
         await counted.success()
         no_weight = await inv.status("counted")
-        assert no_weight.backlog is not None and (no_weight.backlog.items, no_weight.backlog.weight) == (4, None)
+        assert no_weight.backlog is not None and (
+            no_weight.backlog.items,
+            no_weight.backlog.weight,
+        ) == (4, None)
 
 
 async def test_backlog_of_a_mapping_filtered_job_comes_from_its_stored_definition(db: Db) -> None:
@@ -80,7 +91,10 @@ async def test_backlog_of_a_mapping_filtered_job_comes_from_its_stored_definitio
         assert batch is not None and batch.range_start == 5
         await batch.success()
         by_name = await inv.status("b")
-        assert by_name.backlog is not None and (by_name.backlog.items, by_name.backlog.weight) == (2, 10)
+        assert by_name.backlog is not None and (by_name.backlog.items, by_name.backlog.weight) == (
+            2,
+            10,
+        )
         assert by_name.definition is not None and by_name.definition["filter"] == {"category": "b"}
         assert await inv.backlog("b") == by_name.backlog
 
@@ -179,12 +193,14 @@ async def test_trace_lookup_uses_the_job_range_index(db: Db) -> None:
             # A long history of other jobs, analysed: a three-row table is cheaper to scan,
             # so give the planner the statistics under which the index must win.
             async with db.engine.begin() as conn:
-                await conn.execute(sa.text(
-                    f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
-                    "processing_start, processing_end, range_start, range_end, weight, "
-                    "item_count, attempt, max_attempts, status) SELECT 'other' || (g % 50), 0, "
-                    "now(), now(), g, g, 1, 1, 1, 3, 'succeeded' FROM generate_series(1, 20000) g"
-                ))
+                await conn.execute(
+                    sa.text(
+                        f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
+                        "processing_start, processing_end, range_start, range_end, weight, "
+                        "item_count, attempt, max_attempts, status) SELECT 'other' || (g % 50), 0, "
+                        "now(), now(), g, g, 1, 1, 1, 3, 'succeeded' FROM generate_series(1, 20000) g"
+                    )
+                )
                 await conn.execute(sa.text(f'ANALYZE "{db.schema}".inventory'))
         # The statement trace itself sends, captured, then explained with its parameters.
         with Captured(inv.inventory_engine) as backend:
@@ -213,13 +229,20 @@ async def test_reset_rewinds_the_cursor_keeps_history_and_reruns(db: Db) -> None
         rerun = [(b.range_start, b.range_end) async for b in _succeed_all(inv, table, "j")]
         assert rerun == [(4, 6), (7, 9)]
         status = await inv.status("j")
-        assert (status.cursor, status.generation, status.succeeded, status.superseded) == (9, 1, 2, 3)
+        assert (status.cursor, status.generation, status.succeeded, status.superseded) == (
+            9,
+            1,
+            2,
+            3,
+        )
         generations = [e.generation for e in await inv.trace(table, 5)]
         assert generations == [1, 0]
 
         await inv.reset("j")
         assert [(b.range_start, b.range_end) async for b in _succeed_all(inv, table, "j")] == [
-            (1, 3), (4, 6), (7, 9)
+            (1, 3),
+            (4, 6),
+            (7, 9),
         ]
     assert await db.scalar("SELECT count(*) FROM {s}inventory") == 8
 
@@ -230,7 +253,9 @@ async def _succeed_all(inv, table, job):  # type: ignore[no-untyped-def]
         yield batch
 
 
-async def test_reset_refuses_running_batches_unless_forced_and_the_worker_loses_them(db: Db) -> None:
+async def test_reset_refuses_running_batches_unless_forced_and_the_worker_loses_them(
+    db: Db,
+) -> None:
     table = await db.create_meta(weights=[1] * 6)
     async with db.inventory() as inv:
         running = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
@@ -255,7 +280,10 @@ async def test_reset_keeps_failed_batches_below_the_point_to_be_finished(db: Db)
     table = await db.create_meta(weights=[1] * 9)
     async with db.inventory() as inv:
         failing = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
-        rest = [await inv.acquire_batch(source_table=table, job_identifier="j", weight=3) for _ in range(2)]
+        rest = [
+            await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+            for _ in range(2)
+        ]
         assert failing is not None and all(rest)
         await failing.error("disk full")
         for batch in rest:
@@ -278,18 +306,31 @@ async def test_reset_keeps_failed_batches_below_the_point_to_be_finished(db: Db)
         await new.success()
 
 
-async def test_retry_and_reset_log_structured_fields(db: Db, caplog: pytest.LogCaptureFixture) -> None:
+async def test_retry_and_reset_log_structured_fields(
+    db: Db, caplog: pytest.LogCaptureFixture
+) -> None:
     table = await db.create_meta(weights=[1] * 4)
     caplog.set_level(logging.INFO, logger="pybatchintory")
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=2, max_attempts=1)
+        batch = await inv.acquire_batch(
+            source_table=table, job_identifier="j", weight=2, max_attempts=1
+        )
         assert batch is not None
         await batch.error("boom")
         caplog.clear()
         assert await inv.retry("j", batch.id) == [batch.id]
         (requeued,) = [r for r in caplog.records if "re-queued" in r.getMessage()]
-        fields = {k: getattr(requeued, k) for k in ("job", "batch_id", "range_start", "range_end", "attempt")}
-        assert fields == {"job": "j", "batch_id": batch.id, "range_start": 1, "range_end": 2, "attempt": 1}
+        fields = {
+            k: getattr(requeued, k)
+            for k in ("job", "batch_id", "range_start", "range_end", "attempt")
+        }
+        assert fields == {
+            "job": "j",
+            "batch_id": batch.id,
+            "range_start": 1,
+            "range_end": 2,
+            "attempt": 1,
+        }
 
         caplog.clear()
         await inv.reset("j", to_id=2)
@@ -309,7 +350,9 @@ async def test_sync_acquire_batches_draws_a_progress_bar_sized_by_the_backlog(
             first = inv.acquire_batch(source_table=table, job_identifier="j", weight=10)
             assert first is not None
             first.success()
-            for batch in inv.acquire_batches(source_table=table, job_identifier="j", weight=10, progress=True):
+            for batch in inv.acquire_batches(
+                source_table=table, job_identifier="j", weight=10, progress=True
+            ):
                 batch.success()
 
     await anyio.to_thread.run_sync(run)

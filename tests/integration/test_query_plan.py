@@ -22,15 +22,19 @@ async def _big_table(db: Db, name: str = "big") -> str:
     """A metadata table of 200k items of weight 1, built by SQL and analysed."""
     table = f'"{db.schema}".{name}'
     async with db.engine.begin() as conn:
-        await conn.execute(sa.text(
-            f"CREATE TABLE {table} (id bigserial PRIMARY KEY, uri text NOT NULL, "
-            "weight double precision NOT NULL, category text)"
-        ))
-        await conn.execute(sa.text(
-            f"INSERT INTO {table} SELECT g, 's3://b/' || g, 1, "
-            "CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END "
-            f"FROM generate_series(1, {TABLE_ROWS}) g"
-        ))
+        await conn.execute(
+            sa.text(
+                f"CREATE TABLE {table} (id bigserial PRIMARY KEY, uri text NOT NULL, "
+                "weight double precision NOT NULL, category text)"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {table} SELECT g, 's3://b/' || g, 1, "
+                "CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END "
+                f"FROM generate_series(1, {TABLE_ROWS}) g"
+            )
+        )
         await conn.execute(sa.text(f"ANALYZE {table}"))
     return db.qualified(name)
 
@@ -46,13 +50,22 @@ async def test_planning_reads_the_id_index_in_proportion_to_the_batch(pg_only: D
             # run (whose upper bound adds `id <= :upper`), with a filter on the last
             first = await inv.acquire_batch(source_table=table, job_identifier="inc", weight=BATCH)
             middle = await inv.acquire_batch(
-                source_table=table, job_identifier="bf", id_start=150_000, id_end=190_000,
+                source_table=table,
+                job_identifier="bf",
+                id_start=150_000,
+                id_end=190_000,
                 weight=BATCH,
             )
-            runs = [b async for b in inv.acquire_batches(
-                source_table=table, job_identifier="run", weight=BATCH, batch_count=2,
-                filter={"category": "even"},
-            )]
+            runs = [
+                b
+                async for b in inv.acquire_batches(
+                    source_table=table,
+                    job_identifier="run",
+                    weight=BATCH,
+                    batch_count=2,
+                    filter={"category": "even"},
+                )
+            ]
         for batch in (first, middle, *runs):
             assert batch is not None and batch.item_count == BATCH
             await batch.success()
@@ -68,7 +81,9 @@ async def test_planning_reads_the_id_index_in_proportion_to_the_batch(pg_only: D
             scans = scans_of(plan, "big")
             assert scans, json.dumps(plan)[:2000]
             for scan in scans:
-                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
+                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[
+                    :2000
+                ]
                 assert scan["Index Name"] == "big_pkey"
                 # A page reads at most its LIMIT of matching rows (twice that when the
                 # filter drops every other id); pages grow geometrically only until the
@@ -89,13 +104,15 @@ async def _long_history(db: Db, job: str) -> None:
             (1_000_000_000, "succeeded", 1, 20_000),
             (2_000_000_000, "failed", 3, 5_000),
         ):
-            await conn.execute(sa.text(
-                f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
-                "processing_start, processing_end, range_start, range_end, weight, item_count, "
-                f"attempt, max_attempts, status) SELECT '{job}', 0, now(), now(), {base} + 2 * g, "
-                f"{base} + 2 * g + 1, 2, 2, {attempt}, 3, '{status}' "
-                f"FROM generate_series(1, {count}) g"
-            ))
+            await conn.execute(
+                sa.text(
+                    f'INSERT INTO "{db.schema}".inventory (job_identifier, generation, '
+                    "processing_start, processing_end, range_start, range_end, weight, item_count, "
+                    f"attempt, max_attempts, status) SELECT '{job}', 0, now(), now(), {base} + 2 * g, "
+                    f"{base} + 2 * g + 1, 2, 2, {attempt}, 3, '{status}' "
+                    f"FROM generate_series(1, {count}) g"
+                )
+            )
         await conn.execute(sa.text(f'ANALYZE "{db.schema}".inventory'))
 
 
@@ -147,7 +164,9 @@ async def test_reclaim_and_planning_use_indexes_not_scans(db: Db) -> None:
             scans = scans_of(plan, "meta")
             assert scans, json.dumps(plan)[:2000]
             for scan in scans:
-                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
+                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[
+                    :2000
+                ]
                 assert scan["Index Name"] == "meta_pkey"
 
 
@@ -162,20 +181,25 @@ async def test_coverage_reads_the_batches_in_its_window_only(db: Db) -> None:
         prefix = f'"{db.schema}".' if db.schema else ""
         async with db.engine.begin() as conn:
             for generation in (0, 1):
-                await conn.execute(sa.text(
-                    f"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000) "
-                    f"INSERT INTO {prefix}inventory (job_identifier, generation, "
-                    "processing_start, processing_end, range_start, range_end, weight, "
-                    "item_count, attempt, max_attempts, status) SELECT 'j', :gen, "
-                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 10 * n + 1, 10 * n + 10, 10, 10, 1, 3, "
-                    "'succeeded' FROM g"
-                ) if db.kind == "sqlite" else sa.text(
-                    f"INSERT INTO {prefix}inventory (job_identifier, generation, "
-                    "processing_start, processing_end, range_start, range_end, weight, "
-                    "item_count, attempt, max_attempts, status) SELECT 'j', :gen, now(), now(), "
-                    "10 * g + 1, 10 * g + 10, 10, 10, 1, 3, 'succeeded' "
-                    "FROM generate_series(1, 20000) g"
-                ), {"gen": generation})
+                await conn.execute(
+                    sa.text(
+                        f"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 20000) "
+                        f"INSERT INTO {prefix}inventory (job_identifier, generation, "
+                        "processing_start, processing_end, range_start, range_end, weight, "
+                        "item_count, attempt, max_attempts, status) SELECT 'j', :gen, "
+                        "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 10 * n + 1, 10 * n + 10, 10, 10, 1, 3, "
+                        "'succeeded' FROM g"
+                    )
+                    if db.kind == "sqlite"
+                    else sa.text(
+                        f"INSERT INTO {prefix}inventory (job_identifier, generation, "
+                        "processing_start, processing_end, range_start, range_end, weight, "
+                        "item_count, attempt, max_attempts, status) SELECT 'j', :gen, now(), now(), "
+                        "10 * g + 1, 10 * g + 10, 10, 10, 1, 3, 'succeeded' "
+                        "FROM generate_series(1, 20000) g"
+                    ),
+                    {"gen": generation},
+                )
             await conn.execute(sa.text(f"ANALYZE {prefix}inventory"))
         with Captured(inv.inventory_engine) as captured:
             coverage = await inv.coverage("j", id_start=100_005, id_end=100_104)
@@ -187,12 +211,18 @@ async def test_coverage_reads_the_batches_in_its_window_only(db: Db) -> None:
         for statement, parameters in reads:
             if db.kind == "sqlite":
                 detail = await sqlite_plan(inv.inventory_engine, statement, parameters)
-                assert "USING INDEX ix_inventory_job_range (job_identifier=? AND range_start" in detail, detail
+                assert (
+                    "USING INDEX ix_inventory_job_range (job_identifier=? AND range_start" in detail
+                ), detail
                 continue
             plan = await pg_plan(inv.inventory_engine, statement, parameters)
             scans = scans_of(plan, "inventory")
             assert scans, json.dumps(plan)[:2000]
             for scan in scans:
-                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[:2000]
+                assert scan["Node Type"] in ("Index Scan", "Index Only Scan"), json.dumps(plan)[
+                    :2000
+                ]
                 # both generations' batches in the window, not the job's 40,000
-                assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 30, json.dumps(plan)[:2000]
+                assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 30, (
+                    json.dumps(plan)[:2000]
+                )

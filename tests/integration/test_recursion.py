@@ -15,13 +15,15 @@ from tests.conftest import Db
 async def _drain(inv: Inventory, upstream: str, job: str, weight: float) -> list[list[int]]:
     """Acquire and succeed every batch the job can take now; return each batch's item ids."""
     taken = []
-    while (batch := await inv.acquire_batch(source_job=upstream, job_identifier=job, weight=weight)):
+    while batch := await inv.acquire_batch(source_job=upstream, job_identifier=job, weight=weight):
         taken.append([item["id"] for item in batch.items])
         await batch.success({"rows": len(batch.items)})
     return taken
 
 
-async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it_once(db: Db) -> None:
+async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it_once(
+    db: Db,
+) -> None:
     raw = await db.create_meta("raw", weights=[1] * 12)
     async with db.inventory() as inv:
         # convert: four batches of three files; the second fails on its only attempt.
@@ -43,9 +45,9 @@ async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it
         status = await inv.status("aggregate")
         assert status.frontier_batch_id == c2.id
         assert status.backlog is not None and status.backlog.items == 0
-        first_agg = (await db.rows(
-            "SELECT id FROM {s}inventory WHERE job_identifier = 'aggregate'"
-        ))[0][0]
+        first_agg = (
+            await db.rows("SELECT id FROM {s}inventory WHERE job_identifier = 'aggregate'")
+        )[0][0]
         assert await _drain(inv, "aggregate", "report", weight=100) == [[first_agg]]
 
         # The failed upstream batch succeeds on retry: same range, second attempt.
@@ -66,9 +68,12 @@ async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it
         report_items = await db.rows(
             "SELECT range_start, range_end FROM {s}inventory WHERE job_identifier = 'report' ORDER BY id"
         )
-        agg_ids = [r[0] for r in await db.rows(
-            "SELECT id FROM {s}inventory WHERE job_identifier = 'aggregate' ORDER BY id"
-        )]
+        agg_ids = [
+            r[0]
+            for r in await db.rows(
+                "SELECT id FROM {s}inventory WHERE job_identifier = 'aggregate' ORDER BY id"
+            )
+        ]
         covered = [i for start, end in report_items for i in agg_ids if start <= i <= end]
         assert sorted(covered) == agg_ids
 
@@ -76,9 +81,11 @@ async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it
         report = await db.rows("SELECT id FROM {s}inventory WHERE job_identifier = 'report'")
         files: Counter[int] = Counter()
         for (report_id,) in report:
-            batch_row = (await db.rows(
-                "SELECT range_start, range_end FROM {s}inventory WHERE id = :i", i=report_id
-            ))[0]
+            batch_row = (
+                await db.rows(
+                    "SELECT range_start, range_end FROM {s}inventory WHERE id = :i", i=report_id
+                )
+            )[0]
             fake = _BatchRef("report", batch_row[0], batch_row[1])
             async for row in inv.iter_source_items(fake):  # type: ignore[arg-type]
                 files[row["id"]] += 1
@@ -117,7 +124,9 @@ async def test_a_downstream_batch_with_a_filtered_root_needs_the_root_filter(db:
     raw = await db.create_meta("raw", weights=[1] * 3, category="a")
     await db.add_items("raw", [1] * 3, category="b")
     async with db.inventory() as inv:
-        up = await inv.acquire_batch(source_table=raw, job_identifier="up", filter={"category": "b"})
+        up = await inv.acquire_batch(
+            source_table=raw, job_identifier="up", filter={"category": "b"}
+        )
         assert up is not None and up.item_count == 3
         await up.success()
         down = await inv.acquire_batch(source_job="up", job_identifier="down")
@@ -135,7 +144,7 @@ async def test_concurrent_downstream_acquisitions_do_not_starve_a_small_pool(db:
     # connection while waiters hold the others used to wait out the pool timeout.
     table = await db.create_meta(weights=[1] * 12)
     async with db.inventory(pool_size=1) as inv:
-        while (up := await inv.acquire_batch(source_table=table, job_identifier="up", weight=1)):
+        while up := await inv.acquire_batch(source_table=table, job_identifier="up", weight=1):
             await up.success()
 
         async def take() -> int:

@@ -50,7 +50,9 @@ async def test_a_failed_batch_is_replayed_before_new_ranges_until_its_attempts_a
         i=first,
     )
     assert [(log.attempt, log.status) for log in logs] == [
-        (1, "failed"), (2, "failed"), (3, "succeeded")
+        (1, "failed"),
+        (2, "failed"),
+        (3, "succeeded"),
     ]
     assert "RuntimeError: boom 1" in logs[0].logging and "boom 2" in logs[1].logging
 
@@ -117,7 +119,11 @@ async def test_injected_serialization_failures_and_deadlocks_are_retried(
     async with db.inventory() as inv:
         await inject_errors(db, sqlstate, times=3)
         batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=4)
-        assert batch is not None and (batch.range_start, batch.range_end, batch.attempt) == (1, 4, 1)
+        assert batch is not None and (batch.range_start, batch.range_end, batch.attempt) == (
+            1,
+            4,
+            1,
+        )
         assert await db.scalar("SELECT last_value FROM {s}injected") == 4  # 3 refused, 1 passed
 
         async with db.engine.begin() as conn:  # three more for the finish
@@ -128,7 +134,9 @@ async def test_injected_serialization_failures_and_deadlocks_are_retried(
         nxt = await inv.acquire_batch(source_table=table, job_identifier="j", weight=4)
         assert nxt is not None and (nxt.range_start, nxt.range_end) == (5, 8)
         await nxt.success()
-    rows = await db.rows("SELECT range_start, range_end, attempt, status FROM {s}inventory ORDER BY id")
+    rows = await db.rows(
+        "SELECT range_start, range_end, attempt, status FROM {s}inventory ORDER BY id"
+    )
     assert [tuple(r) for r in rows] == [(1, 4, 1, "succeeded"), (5, 8, 1, "succeeded")]
     assert await db.scalar("SELECT count(*) FROM {s}inventory_logs") == 2
     assert await db.scalar("SELECT cursor FROM {s}inventory_jobs") == 8

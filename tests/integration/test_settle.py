@@ -74,7 +74,9 @@ async def test_settle_arguments_are_checked_before_anything_is_written(db: Db) -
     table = await _events(db, [OLD])
     async with db.inventory() as inv:
         with pytest.raises(InvalidArgumentError, match="go together"):
-            await inv.acquire_batch(source_table=table, job_identifier="j", settle_column="created_at")
+            await inv.acquire_batch(
+                source_table=table, job_identifier="j", settle_column="created_at"
+            )
         with pytest.raises(InvalidArgumentError, match="settle_seconds must be > 0"):
             await inv.acquire_batch(
                 source_table=table, job_identifier="j", settle_column="created_at", settle_seconds=0

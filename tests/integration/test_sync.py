@@ -104,20 +104,35 @@ async def test_the_specifications_calls_run_verbatim(db: Db, spec_url: str) -> N
     def body() -> None:
         configure(inventory_url=spec_url)
 
-        batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10)
+        batch = acquire_batch(
+            source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10
+        )
         process_func(batch.items)
         batch.success()
 
-        batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="backfill_job", id_start=10, id_end=50, weight=10)
+        batch = acquire_batch(
+            source_table="meta_data_raw_data",
+            job_identifer="backfill_job",
+            id_start=10,
+            id_end=50,
+            weight=10,
+        )
         assert (batch.range_start, batch.range_end) == (10, 14)
         batch.success()
 
-        batches = acquire_batches(source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10, batch_count=5)
+        batches = acquire_batches(
+            source_table="meta_data_raw_data",
+            job_identifer="incremental_job",
+            weight=10,
+            batch_count=5,
+        )
         for batch in batches:
             process_func(batch.items)
             batch.success()
 
-        batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10)
+        batch = acquire_batch(
+            source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10
+        )
         try:
             process_func(batch.items)
             batch.success()
@@ -125,7 +140,9 @@ async def test_the_specifications_calls_run_verbatim(db: Db, spec_url: str) -> N
             batch.error(e)
             raise
 
-        batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10)
+        batch = acquire_batch(
+            source_table="meta_data_raw_data", job_identifer="incremental_job", weight=10
+        )
         # "version 2": process_func(batch.items), success or error recorded
         assert batch.process(process_func) is None
 
@@ -145,7 +162,9 @@ async def test_the_specifications_error_pattern_records_the_failure_and_reraises
 
     def body() -> None:
         configure(inventory_url=spec_url)
-        batch = acquire_batch(source_table="meta_data_raw_data", job_identifer="fragile_job", weight=10)
+        batch = acquire_batch(
+            source_table="meta_data_raw_data", job_identifer="fragile_job", weight=10
+        )
         try:
             process_func(batch.items)
             batch.success()
@@ -157,7 +176,9 @@ async def test_the_specifications_error_pattern_records_the_failure_and_reraises
         _run(body)
     assert await _batches(db, "fragile_job") == [(1, 5, 1, "failed")]
     log = await db.scalar("SELECT logging FROM {s}inventory_logs")
-    assert "Traceback" in log and "RuntimeError: cannot read s3://bucket/meta_data_raw_data/0" in log
+    assert (
+        "Traceback" in log and "RuntimeError: cannot read s3://bucket/meta_data_raw_data/0" in log
+    )
 
 
 async def test_the_default_inventory_follows_configure(db: Db, spec_url: str) -> None:
@@ -216,7 +237,9 @@ async def test_sync_with_batch_records_success_or_failure_and_reraises(
     assert "ZeroDivisionError" in logs[1].logging
 
 
-async def test_sync_process_runs_sync_and_async_functions(db: Db, sync_inventory: SyncInventory) -> None:
+async def test_sync_process_runs_sync_and_async_functions(
+    db: Db, sync_inventory: SyncInventory
+) -> None:
     table = await db.create_meta(weights=[1] * 6)
     threads: list[int] = []
 
@@ -249,11 +272,15 @@ async def test_sync_process_runs_sync_and_async_functions(db: Db, sync_inventory
     )
 
 
-async def test_sync_iter_items_and_items_without_loading(db: Db, sync_inventory: SyncInventory) -> None:
+async def test_sync_iter_items_and_items_without_loading(
+    db: Db, sync_inventory: SyncInventory
+) -> None:
     table = await db.create_meta(weights=[1] * 9)
 
     def body() -> None:
-        batch = sync_inventory.acquire_batch(source_table=table, job_identifier="j", load_items=False)
+        batch = sync_inventory.acquire_batch(
+            source_table=table, job_identifier="j", load_items=False
+        )
         assert batch is not None
         with pytest.raises(BatchStateError, match="iter_items"):
             batch.items  # noqa: B018
@@ -281,13 +308,17 @@ async def test_sync_bad_input_raises_at_the_call(db: Db, sync_inventory: SyncInv
     assert await db.scalar("SELECT count(*) FROM {s}inventory_jobs") == 0
 
 
-async def test_a_batch_can_be_finished_from_another_thread(db: Db, sync_inventory: SyncInventory) -> None:
+async def test_a_batch_can_be_finished_from_another_thread(
+    db: Db, sync_inventory: SyncInventory
+) -> None:
     table = await db.create_meta(weights=[1] * 4)
     handed_over: list[SyncBatch] = []
 
     def acquire() -> None:
         for _ in range(2):
-            batch = sync_inventory.acquire_batch(source_table=table, job_identifier="j", max_items=2)
+            batch = sync_inventory.acquire_batch(
+                source_table=table, job_identifier="j", max_items=2
+            )
             assert batch is not None
             handed_over.append(batch)
 
@@ -307,9 +338,11 @@ async def test_one_sync_inventory_shared_by_many_threads_hands_out_disjoint_rang
     lock = threading.Lock()
 
     def worker() -> None:
-        while (batch := sync_inventory.acquire_batch(
-            source_table=table, job_identifier="shared", weight=3
-        )) is not None:
+        while (
+            batch := sync_inventory.acquire_batch(
+                source_table=table, job_identifier="shared", weight=3
+            )
+        ) is not None:
             with lock:
                 taken.append((batch.range_start, batch.range_end, threading.get_ident()))
             if batch.range_start % 2:

@@ -17,7 +17,9 @@ async def test_sync_status_jobs_trace_retry_and_reset(db: Db) -> None:
             ok = inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
             assert ok is not None
             ok.success()
-            bad = inv.acquire_batch(source_table=table, job_identifier="j", weight=3, max_attempts=1)
+            bad = inv.acquire_batch(
+                source_table=table, job_identifier="j", weight=3, max_attempts=1
+            )
             assert bad is not None
             bad.error("broken file")
 

@@ -26,10 +26,7 @@ def _imports(tree: ast.Module) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    return {
-        _module(path): _imports(ast.parse(path.read_text()))
-        for path in PACKAGE.glob("*.py")
-    }
+    return {_module(path): _imports(ast.parse(path.read_text())) for path in PACKAGE.glob("*.py")}
 
 
 def test_no_import_cycle() -> None:
@@ -63,5 +60,14 @@ def test_no_import_inside_a_function() -> None:
 
 def test_features_do_not_depend_on_the_client() -> None:
     graph = _graph()
-    for feature in ("_status", "_trace", "_reset", "_coverage", "_plan", "_storage", "_backend", "_source"):
+    for feature in (
+        "_status",
+        "_trace",
+        "_reset",
+        "_coverage",
+        "_plan",
+        "_storage",
+        "_backend",
+        "_source",
+    ):
         assert not graph[feature] & {"inventory", "sync", "cli"}, (feature, graph[feature])

@@ -33,8 +33,15 @@ def test_the_name_comes_first_and_every_other_field_is_a_keyword() -> None:
 
 
 def test_valid_values_are_normalised() -> None:
-    made = job(weight=10, max_items=5, id_start=10, id_end=50, item_columns=["id", "uri"],
-               max_attempts=1, lease_seconds=30)
+    made = job(
+        weight=10,
+        max_items=5,
+        id_start=10,
+        id_end=50,
+        item_columns=["id", "uri"],
+        max_attempts=1,
+        lease_seconds=30,
+    )
     assert made.weight == 10.0 and isinstance(made.weight, float)
     assert made.max_items == 5 and made.window == (10, 50)
     assert made.item_columns == ("id", "uri")
@@ -100,9 +107,17 @@ def test_a_mapping_filter_is_canonical_whatever_its_order() -> None:
 
 
 def test_the_definition_round_trips() -> None:
-    made = job(weight=10.5, max_items=7, id_start=3, id_end=99, weight_column="size_bytes",
-               item_columns=("id", "uri"), max_attempts=5, lease_seconds=60,
-               filter={"kind": ["a", "b"], "region": None})
+    made = job(
+        weight=10.5,
+        max_items=7,
+        id_start=3,
+        id_end=99,
+        weight_column="size_bytes",
+        item_columns=("id", "uri"),
+        max_attempts=5,
+        lease_seconds=60,
+        filter={"kind": ["a", "b"], "region": None},
+    )
     rebuilt, kind = job_from_definition("job", job_definition(made))
     assert kind == "mapping" and rebuilt == made
     assert json.loads(job_definition(made))["weight_column"] == "size_bytes"
@@ -123,11 +138,17 @@ def test_an_expression_filter_is_stored_as_its_kind_only() -> None:
         ({"job_identifier": 12}, "job_identifier must be a non-empty string"),
         ({"job_identifier": "x" * 256}, "job_identifier must be at most 255"),
         ({"job_identifier": "line\nbreak"}, "job_identifier must be at most 255 printable"),
-        ({"job_identifier": "lone \ud800 surrogate"}, "job_identifier must be at most 255 printable"),
+        (
+            {"job_identifier": "lone \ud800 surrogate"},
+            "job_identifier must be at most 255 printable",
+        ),
         ({"source_table": None}, "pass exactly one source"),
         ({"source_job": "upstream"}, "pass exactly one source"),
         ({"source_table": None, "source_job": "job"}, "cannot consume its own batches"),
-        ({"source_table": None, "source_job": "up", "weight_column": "w"}, "apply to a source table"),
+        (
+            {"source_table": None, "source_job": "up", "weight_column": "w"},
+            "apply to a source table",
+        ),
         ({"source_table": ""}, "source_table must be a non-empty string"),
         ({"id_start": 51, "id_end": 50}, r"id_start \(51\) is greater than id_end \(50\)"),
         ({"id_start": 1.5}, "id_start must be an integer"),

@@ -52,7 +52,9 @@ def test_the_password_never_shows(url: str, shown: str) -> None:
         return
     assert SECRET not in safe_url(parsed)
     # A driver's message naming what SQLAlchemy took for the host or database.
-    message = f"could not connect to {parsed.host} (database {parsed.database}) {dict(parsed.query)}"
+    message = (
+        f"could not connect to {parsed.host} (database {parsed.database}) {dict(parsed.query)}"
+    )
     assert SECRET not in redact(message, parsed)
 
 

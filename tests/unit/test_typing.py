@@ -41,8 +41,15 @@ def test_mypy_flags_misspelled_keywords_on_both_faces(tmp_path: Path) -> None:
     snippet = tmp_path / "snippet.py"
     snippet.write_text(SNIPPET)
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict",
-         "--cache-dir", str(ROOT / ".mypy_cache" / "typing-test"), str(snippet)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(ROOT / ".mypy_cache" / "typing-test"),
+            str(snippet),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
