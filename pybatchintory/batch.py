@@ -307,6 +307,7 @@ def _json_dict(result: Mapping[str, Any]) -> dict[str, Any]:
             f"result must be a mapping of JSON-able values, got {type(result).__name__}"
         )
     try:
-        return json.loads(json.dumps(dict(result)))  # type: ignore[no-any-return]
+        # allow_nan=False: NaN and infinities are not JSON, and would be stored as such
+        return json.loads(json.dumps(dict(result), allow_nan=False))  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"result is not JSON-able: {exc}") from None

@@ -240,6 +240,8 @@ class Settings(BaseSettings):
                 f"backend {url.get_backend_name()!r} is not supported; "
                 "use postgresql+asyncpg:// or sqlite+aiosqlite://"
             )
+        if url.port is not None and not 0 < url.port < 65536:
+            raise ValueError(f"port {url.port} is not a TCP port (1 to 65535)")
         return value
 
     @field_validator("schema_name", "jobs_table", "batches_table", "logs_table")

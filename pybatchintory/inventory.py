@@ -102,6 +102,11 @@ class Inventory:
             settings, {"inventory_url": inventory_url, "meta_url": meta_url, **setting_overrides}
         )
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        if not isinstance(self.worker, str) or not 0 < len(self.worker) <= 255:
+            raise InvalidArgumentError(
+                f"worker must be a name of 1 to 255 characters (it is stored with each "
+                f"attempt), got {str(self.worker)[:40]!r}..."
+            )
         self._tables = build_tables(self.settings)
         self._storage: Storage | None = None
         self.idle_reasons: dict[str, str] = {}

@@ -143,6 +143,10 @@ class Job:
             )
         if self.source_table is not None:
             _name(self.source_table, "source_table")
+            if self.source_table.count(".") > 1:
+                raise InvalidArgumentError(
+                    f"source_table must be 'table' or 'schema.table', got {self.source_table!r}"
+                )
         if self.source_job is not None:
             _name(self.source_job, "source_job")
             if self.source_job == name:
