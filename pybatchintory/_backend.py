@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._dialects import dialect_named
 from ._engines import (
     WriteGate,
     backend_errors,
@@ -83,8 +83,7 @@ class Backend:
         self.engine = engine
         self.tables = tables
         self.dialect = engine.dialect.name
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        self.sql = build_statements(tables, self.dialect, insert)
+        self.sql = build_statements(tables, self.dialect, dialect_named(self.dialect).insert)
         self.closed = False  # set by Inventory.close()
         # SQLite: this process's writes one at a time, renewals and finishes first.
         self.signal = urgent_signal(engine)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import CompileError, NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ._dialects import dialect_named
 from ._engines import cursor_transaction, read_connection
 from ._horizon import Horizon, check_horizon
 from ._statements import frontier
@@ -555,15 +556,7 @@ def settle_bound(
     take the older ones above it, leaving the young one behind for good. One statement
     with the page, so both see one snapshot; an index on the timestamp keeps it cheap.
     """
-    if dialect == "sqlite":
-        # SQLite keeps timestamps as ISO text, which compares in time order.
-        threshold: Any = sa.func.strftime(
-            "%Y-%m-%d %H:%M:%f", "now", sa.literal(f"{-float(seconds):+f} seconds")
-        )
-        young = sa.type_coerce(settle_col, sa.String) > threshold
-    else:
-        interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(seconds), sa.Double))
-        young = settle_col > sa.func.now() - interval
+    young = dialect_named(dialect).younger_than(settle_col, seconds)
     first_young = sa.select(sa.func.min(id_col)).where(young).scalar_subquery()
     return id_col < sa.func.coalesce(first_young, _NO_UPPER)
 

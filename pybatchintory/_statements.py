@@ -18,7 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ._tables import BackendTables, UtcDateTime, unfinished
+from ._dialects import dialect_named
+from ._tables import BackendTables, unfinished
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -48,35 +49,18 @@ p = sa.bindparam
 
 def db_now(dialect: str) -> sa.ColumnElement[datetime]:
     """The database's clock when the statement runs: leases never depend on a worker's
-    clock, and never on when the transaction started.
-
-    Fix (issue 13, item 1): PostgreSQL's now() is the start of the transaction, which
-    may have waited for the job's row lock and planned for longer than a lease: a batch
-    granted then was born expired. clock_timestamp() is the time of the grant. SQLite's
-    'now' is already the time of the statement (one value per sqlite3_step).
-    """
-    if dialect == "sqlite":
-        # The format SQLAlchemy stores SQLite datetimes in, with microseconds.
-        return sa.type_coerce(
-            sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").concat("000"), UtcDateTime
-        )
-    return sa.type_coerce(sa.func.clock_timestamp(), UtcDateTime)
+    clock, and never on when the transaction started (see :mod:`._dialects`)."""
+    return dialect_named(dialect).now()
 
 
 def lease_expiry(dialect: str) -> sa.ColumnElement[datetime]:
     """:func:`db_now` plus the lease given by :func:`lease_params`."""
-    if dialect == "sqlite":
-        later = sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", p("p_lease_modifier"))
-        return sa.type_coerce(later.concat("000"), UtcDateTime)
-    interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, p("p_lease_seconds", type_=sa.Double))
-    return sa.type_coerce(sa.func.clock_timestamp() + interval, UtcDateTime)
+    return dialect_named(dialect).later()
 
 
 def lease_params(dialect: str, seconds: float) -> dict[str, Any]:
     """The bind parameters of :func:`lease_expiry`."""
-    if dialect == "sqlite":
-        return {"p_lease_modifier": f"{float(seconds):+f} seconds"}
-    return {"p_lease_seconds": float(seconds)}
+    return dialect_named(dialect).later_params(seconds)
 
 
 def current_generation(tables: BackendTables, job: Any) -> sa.ScalarSelect[Any]:
@@ -252,7 +236,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
         .returning(b.c.lease_expires_at)
     )
 
-    combined = dialect == "postgresql"
+    combined = dialect_named(dialect).combined_writes
     if combined:
         new = insert_batch.returning(*record).cte("new_batch")
         first_log = sa.insert(logs).from_select(

@@ -1,0 +1,98 @@
+"""Where the databases differ in SQL: one object per database, so that the statements,
+the planner and the backend ask it rather than test a dialect's name (a third
+database is one more class here, plus its engine options in ``_engines``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ._tables import UtcDateTime
+
+__all__ = ["SqlDialect", "dialect_named"]
+
+p = sa.bindparam
+
+
+class SqlDialect:
+    """The SQL a database needs for the clock, leases, upserts and the settle lag."""
+
+    name: str
+    # One statement can write a batch, its log row and the cursor (data-modifying CTEs)
+    combined_writes: bool
+    # INSERT ... ON CONFLICT for the job row's upsert
+    insert: Any
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        """The database's clock when the statement runs (never a worker's clock)."""
+        raise NotImplementedError
+
+    def later(self) -> sa.ColumnElement[datetime]:
+        """:meth:`now` plus the seconds given by :meth:`later_params`."""
+        raise NotImplementedError
+
+    def later_params(self, seconds: float) -> dict[str, Any]:
+        """The bind parameters of :meth:`later`."""
+        raise NotImplementedError
+
+    def younger_than(self, column: sa.ColumnElement[Any], seconds: float) -> sa.ColumnElement[bool]:
+        """``column`` (a timestamp) is less than ``seconds`` old."""
+        raise NotImplementedError
+
+
+class _SQLite(SqlDialect):
+    name, combined_writes, insert = "sqlite", False, staticmethod(sqlite.insert)
+    # The format SQLAlchemy stores SQLite datetimes in, with microseconds. SQLite's
+    # 'now' is the time of the statement (one value per sqlite3_step).
+    _FORMAT = "%Y-%m-%d %H:%M:%f"
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        return sa.type_coerce(sa.func.strftime(self._FORMAT, "now").concat("000"), UtcDateTime)
+
+    def later(self) -> sa.ColumnElement[datetime]:
+        later = sa.func.strftime(self._FORMAT, "now", p("p_lease_modifier"))
+        return sa.type_coerce(later.concat("000"), UtcDateTime)
+
+    def later_params(self, seconds: float) -> dict[str, Any]:
+        return {"p_lease_modifier": f"{float(seconds):+f} seconds"}
+
+    def younger_than(self, column: sa.ColumnElement[Any], seconds: float) -> sa.ColumnElement[bool]:
+        # SQLite keeps timestamps as ISO text, which compares in time order.
+        threshold = sa.func.strftime(
+            self._FORMAT, "now", sa.literal(f"{-float(seconds):+f} seconds")
+        )
+        return sa.type_coerce(column, sa.String) > threshold
+
+
+class _PostgreSQL(SqlDialect):
+    name, combined_writes, insert = "postgresql", True, staticmethod(postgresql.insert)
+
+    def now(self) -> sa.ColumnElement[datetime]:
+        # Fix (issue 13, item 1): now() is the start of the transaction, which may have
+        # waited for the job's row lock and planned for longer than a lease: a batch
+        # granted then was born expired. clock_timestamp() is the time of the grant.
+        return sa.type_coerce(sa.func.clock_timestamp(), UtcDateTime)
+
+    def later(self) -> sa.ColumnElement[datetime]:
+        interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, p("p_lease_seconds", type_=sa.Double))
+        return sa.type_coerce(sa.func.clock_timestamp() + interval, UtcDateTime)
+
+    def later_params(self, seconds: float) -> dict[str, Any]:
+        return {"p_lease_seconds": float(seconds)}
+
+    def younger_than(self, column: sa.ColumnElement[Any], seconds: float) -> sa.ColumnElement[bool]:
+        # now(), not clock_timestamp(): a stable value lets PostgreSQL use the
+        # timestamp's index; the settle lag is a guess of seconds anyway.
+        interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(seconds), sa.Double))
+        return column > sa.func.now() - interval
+
+
+_DIALECTS: dict[str, SqlDialect] = {d.name: d for d in (_SQLite(), _PostgreSQL())}
+
+
+def dialect_named(name: str) -> SqlDialect:
+    """The SQL dialect object of a SQLAlchemy dialect name."""
+    return _DIALECTS[name]
