@@ -6,7 +6,6 @@ multiprocessing pool would run it, on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import PG_URL, require_postgres
+from tests.conftest import PG_URL, require_postgres, run_aside
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
@@ -47,8 +46,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str,
         return
     require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(
-        _pg(
+    run_aside(
+        lambda: _pg(
             f'CREATE SCHEMA "{schema}"',
             f'CREATE TABLE "{schema}".meta (id bigserial PRIMARY KEY, uri text, weight float8)',
             f"INSERT INTO \"{schema}\".meta (uri, weight) SELECT 'f' || g, 1 FROM generate_series(1, 40) g",
@@ -63,7 +62,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str,
             "META": f"{schema}.meta",
         }
     finally:
-        asyncio.run(_pg(f'DROP SCHEMA "{schema}" CASCADE'))
+        run_aside(lambda: _pg(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 async def _pg(*statements: str) -> None:
