@@ -11,6 +11,7 @@ import logging
 from ._reports import (
     AttemptLog,
     Backlog,
+    BatchInfo,
     Coverage,
     CoverageDiff,
     CoverageSegment,
@@ -59,6 +60,7 @@ logging.getLogger("pybatchintory").addHandler(logging.NullHandler())
 __all__ = [
     "AttemptLog",
     "Backlog",
+    "BatchInfo",
     "BackendError",
     "Batch",
     "BatchLostError",

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,7 +32,9 @@ from .exceptions import (
     JobSourceMismatchError,
 )
 
-__all__ = ["Backend", "BatchRecord", "JobState"]
+__all__ = ["Backend", "BatchRecord", "JobState", "Outcome"]
+
+Outcome = Literal["succeeded", "failed", "released"]
 
 logger = logging.getLogger("pybatchintory")
 
@@ -46,6 +48,8 @@ class JobState:
 
     cursor: int | None
     generation: int
+    paused_at: datetime | None = None
+    pause_reason: str | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -122,10 +126,8 @@ class Backend:
         await self.finish(
             record.id,
             record.attempt,
-            succeeded=False,
-            result=None,
+            outcome="released",
             text="the acquisition was cancelled before the batch reached its worker",
-            refund_attempt=True,
         )
 
     async def lock_job(
@@ -152,7 +154,7 @@ class Backend:
             )
         if row.definition != definition:
             await conn.execute(self.sql.store_definition, params)
-        return JobState(row.cursor, row.generation)
+        return JobState(row.cursor, row.generation, row.paused_at, row.pause_reason)
 
     async def reclaim(
         self,
@@ -247,26 +249,29 @@ class Backend:
         batch_id: int,
         attempt: int,
         *,
-        succeeded: bool,
-        result: dict[str, Any] | None,
-        text: str | None,
-        refund_attempt: bool = False,
+        outcome: Outcome,
+        result: dict[str, Any] | None = None,
+        text: str | None = None,
+        retry_delay: float = 0.0,
     ) -> int:
         """Record the outcome of one attempt; return the batch's max_attempts.
 
-        ``refund_attempt`` hands a batch back without counting the attempt against it
-        (the worker never got it, e.g. its acquisition was cancelled). Raises
-        BatchLostError, writing nothing, when the attempt is no longer running.
+        ``released`` hands the batch back without counting the attempt against it (its
+        worker never processed it); ``failed`` makes it wait ``retry_delay`` seconds
+        before it is handed out again. Raises BatchLostError, writing nothing, when the
+        attempt is no longer running.
         """
         self._check_open(batch_id)
-        status = "succeeded" if succeeded else "failed"
+        status = outcome
         params = {
             "p_batch_id": batch_id,
             "p_attempt": attempt,
             "p_status": status,
             "p_result": result,
-            "p_refund": 1 if refund_attempt else 0,
+            "p_refund": 1 if outcome == "released" else 0,
+            "p_backoff": outcome == "failed",
             "p_text": text,
+            **lease_params(self.dialect, retry_delay),
         }
 
         async def attempt_finish() -> int:
@@ -337,7 +342,8 @@ class Backend:
                 result = await conn.execute(
                     sa.update(b)
                     .where(exhausted)
-                    .values(max_attempts=b.c.attempt + 1)
+                    # an operator's retry is due now, whatever backoff the failure had
+                    .values(max_attempts=b.c.attempt + 1, retry_after=None)
                     .returning(b.c.id)
                 )
                 ids = sorted(int(i) for i in result.scalars())

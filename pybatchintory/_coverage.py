@@ -21,7 +21,7 @@ from .job import Job
 
 __all__ = ["STATES", "coverage_diff", "job_coverage"]
 
-STATES = ("succeeded", "running", "retry_wait", "out_of_attempts", "not_taken")
+STATES = ("succeeded", "running", "retry_wait", "out_of_attempts", "released", "not_taken")
 
 
 def _state(row: Any) -> str:

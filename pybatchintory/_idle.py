@@ -3,12 +3,32 @@ status and the acquisition's INFO log line say it (no silent None)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 
-from ._statements import frontier
+from ._statements import current_generation, frontier
 from ._storage import Storage
+from ._tables import unfinished
 
-__all__ = ["frontier_reason", "nothing_new_reason", "window_reason"]
+__all__ = [
+    "backoff_reason",
+    "frontier_reason",
+    "nothing_new_reason",
+    "paused_reason",
+    "window_reason",
+]
+
+
+def paused_reason(paused_at: datetime | None, reason: str | None) -> str | None:
+    """The job is paused: acquisitions hand out nothing until it is resumed."""
+    if paused_at is None:
+        return None
+    why = f" ({reason})" if reason else ""
+    return (
+        f"job paused since {paused_at.isoformat(sep=' ', timespec='seconds')}{why}; "
+        "'pybatchintory resume JOB' lets acquisitions hand out batches again"
+    )
 
 
 def window_reason(cursor: int | None, id_start: int | None, id_end: int | None) -> str | None:
@@ -46,3 +66,30 @@ def nothing_new_reason(cursor: int | None, upper: int | None) -> str:
     after = "yet" if cursor is None else f"after id {cursor}"
     bound = "" if upper is None else f" up to id {upper}"
     return f"nothing new: no matching item {after}{bound}"
+
+
+async def backoff_reason(store: Storage, job: str) -> str | None:
+    """A failed batch of the job waits out its retry backoff (an index step on the
+    job's unfinished batches)."""
+    b = store.tables.batches
+    query = (
+        sa.select(b.c.id, b.c.retry_after)
+        .where(
+            b.c.job_identifier == job,
+            unfinished(b),
+            b.c.generation == current_generation(store.tables, job),
+            b.c.status == "failed",
+            b.c.attempt < b.c.max_attempts,
+            b.c.retry_after.is_not(None),
+        )
+        .order_by(b.c.retry_after)
+        .limit(1)
+    )
+    async with store.reading(f"reading the retry backoff of job {job!r}") as conn:
+        row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return (
+        f"failed batch {row.id} waits for its retry until "
+        f"{row.retry_after.isoformat(sep=' ', timespec='seconds')} (backoff)"
+    )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from ._reports import PlannedBatch
 from ._source import SourceBinding
-from ._statements import db_now
+from ._statements import db_now, due_again, lease_expired
 from ._storage import Storage
 from ._tables import unfinished
 from .exceptions import InvalidArgumentError, JobSourceMismatchError
@@ -78,10 +78,8 @@ async def _reclaimable(store: Storage, job: Job, row: Any, count: int) -> list[P
     it failed and looks further."""
     b = store.tables.batches
     now = db_now(store.backend.dialect)
-    expired = sa.and_(
-        b.c.status == "running", b.c.lease_expires_at < now, b.c.attempt < b.c.max_attempts
-    )
-    retryable = sa.and_(b.c.status == "failed", b.c.attempt < b.c.max_attempts)
+    expired = sa.and_(lease_expired(b, now), b.c.attempt < b.c.max_attempts)
+    retryable = due_again(b, now)
     query = (
         sa.select(
             b.c.id,
@@ -109,7 +107,7 @@ async def _reclaimable(store: Storage, job: Job, row: Any, count: int) -> list[P
         rows = (await conn.execute(query)).all()
     return [
         PlannedBatch(
-            "expired" if r.status == "running" else "retry",
+            {"running": "expired", "released": "released"}.get(r.status, "retry"),
             int(r.id),
             int(r.range_start),
             int(r.range_end),

@@ -107,6 +107,15 @@ class JobStatus(_AsDict):
     new (retries aside)."""
     horizon: HorizonReport | None = None
     """PostgreSQL table sources: the exact horizon and what holds it (docs/design-horizon.md)."""
+    released: int = 0
+    """Batches handed back unprocessed (``release()``, Ctrl-C, an operator): no failure,
+    no attempt used; the next acquisition takes them again."""
+    next_retry_at: datetime | None = None
+    """When the first failed batch with attempts left is due again (retry backoff; in the
+    past: due now). None when none waits or none has a backoff."""
+    paused_at: datetime | None = None
+    """Set while the job is paused: acquisitions hand out nothing."""
+    pause_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,15 +192,23 @@ class ResetResult(_AsDict):
     generation: int
     carried: tuple[int, ...]
     superseded: tuple[int, ...]
+    kept: int = 0
+    """Succeeded batches wholly at or below ``to_id``, carried into the new generation:
+    their ids stand and are not processed again."""
+    changed: bool = True
+    """False for a reset to where the cursor already is: nothing was written."""
+    dry_run: bool = False
+    """True: what the reset would do; nothing was written (``generation`` is the one it
+    would make)."""
 
 
 @dataclass(frozen=True)
 class CoverageSegment(_AsDict):
     """Consecutive ids of a job's window in one state.
 
-    ``state``: ``succeeded``, ``running``, ``retry_wait`` (failed, attempts left: the
-    next acquisition takes it again), ``out_of_attempts`` (failed for good until
-    ``retry``) or ``not_taken`` (no batch of the generation covers these ids: after the
+    ``state``: ``succeeded``, ``running``, ``retry_wait`` (failed, attempts left: handed
+    out again once its retry backoff is over), ``out_of_attempts`` (failed for good until
+    ``retry``), ``released`` (handed back unprocessed: taken again at once) or ``not_taken`` (no batch of the generation covers these ids: after the
     cursor, or a gap below it). ``batches``, ``items`` and ``weight`` sum the batches
     in the segment (0 for ``not_taken``)."""
 
@@ -246,7 +263,8 @@ class CoverageDiff(_AsDict):
 class PlannedBatch(_AsDict):
     """A batch the next acquisition would hand out (nothing is taken).
 
-    ``kind``: ``retry`` (a failed batch with attempts left), ``expired`` (a running
+    ``kind``: ``retry`` (a failed batch with attempts left, its backoff over),
+    ``released`` (handed back unprocessed), ``expired`` (a running
     batch whose lease ran out) or ``new`` (a range planned after the cursor, with the
     job's budget). ``batch_id`` is None for a new range; ``attempt`` is the attempt it
     would be."""
@@ -258,3 +276,30 @@ class PlannedBatch(_AsDict):
     item_count: int
     weight: float
     attempt: int
+
+
+@dataclass(frozen=True)
+class BatchInfo(_AsDict):
+    """One batch of a job, as ``batches`` lists it.
+
+    ``status``: ``running``, ``succeeded``, ``failed`` or ``released`` (handed back
+    unprocessed: no attempt used, no failure). ``retry_after``: when a failed batch with
+    attempts left is due again (None: at once). ``last_log``: the text of its last
+    attempt's log row (a failure's error and traceback, a release's reason)."""
+
+    id: int
+    job_identifier: str
+    generation: int
+    range_start: int
+    range_end: int
+    status: str
+    attempt: int
+    max_attempts: int
+    item_count: int
+    weight: float
+    worker: str | None
+    processing_start: datetime
+    processing_end: datetime | None
+    lease_expires_at: datetime | None
+    retry_after: datetime | None
+    last_log: str | None

@@ -21,7 +21,7 @@ logger = logging.getLogger("pybatchintory")
 
 
 async def reset_job(
-    store: Storage, job: str, to_id: int | None, *, force: bool = False
+    store: Storage, job: str, to_id: int | None, *, force: bool = False, dry_run: bool = False
 ) -> ResetResult:
     """Rewind ``job`` so that ids after ``to_id`` (all, if None) are processed again.
 
@@ -34,6 +34,11 @@ async def reset_job(
     - after ``to_id``: superseded (marked failed in the old generation; their ids come
       again); a running one is taken from its worker only with ``force``;
     - straddling ``to_id``: refused; reset to just before or at the end of that batch.
+
+    Succeeded batches wholly at or below ``to_id`` are carried too (``kept``): their ids
+    stand, and status and coverage go on counting them. A reset to where the cursor
+    already is changes nothing (``changed`` False). ``dry_run`` says what a reset would
+    do, checks included, and writes nothing.
     """
     if to_id is not None and (isinstance(to_id, bool) or not isinstance(to_id, int)):
         raise InvalidArgumentError(f"to_id must be an integer id or None, got {to_id!r}")
@@ -73,6 +78,10 @@ async def reset_job(
                     f"to_id {to_id} falls inside unfinished batch {s.id} (ids {s.range_start}.."
                     f"{s.range_end}) of job {job!r}; reset to {s.range_start - 1} or {s.range_end}"
                 )
+            if to_id == row.cursor and not superseded:
+                return ResetResult(
+                    job, row.cursor, to_id, row.generation, (), (), 0, False, dry_run
+                )
             running = [r.id for r in superseded if r.status == "running"]
             if running and not force:
                 shown = ", ".join(str(i) for i in running[:5]) + (
@@ -83,7 +92,30 @@ async def reset_job(
                     "point; wait for them, or force the reset (their workers then lose them)"
                 )
             generation = row.generation + 1
+            kept_below = sa.and_(
+                b.c.job_identifier == job,
+                b.c.generation == row.generation,
+                b.c.status == "succeeded",
+                b.c.range_end <= to_id if to_id is not None else sa.false(),
+            )
+            if dry_run:
+                kept = await conn.scalar(sa.select(sa.func.count()).where(kept_below))
+                return ResetResult(
+                    job,
+                    row.cursor,
+                    to_id,
+                    generation,
+                    tuple(r.id for r in carried),
+                    tuple(r.id for r in superseded),
+                    int(kept or 0),
+                    True,
+                    True,
+                )
             now = db_now(backend.dialect)
+            # One UPDATE over the job's batches up to to_id (the job_range index).
+            kept = (
+                await conn.execute(sa.update(b).where(kept_below).values(generation=generation))
+            ).rowcount
             if carried:
                 await conn.execute(
                     sa.update(b)
@@ -125,10 +157,15 @@ async def reset_job(
             generation=generation,
             carried=tuple(r.id for r in carried),
             superseded=tuple(r.id for r in superseded),
+            kept=kept,
+            changed=True,
+            dry_run=False,
         )
 
     async with backend_errors(f"resetting job {job!r}", backend.engine):
         result = await retry_transient(rewind)
+    if result.dry_run or not result.changed:
+        return result
     logger.warning(
         "job reset: cursor %s -> %s, generation %s",
         result.old_cursor,

@@ -27,7 +27,9 @@ __all__ = [
     "build_statements",
     "current_generation",
     "db_now",
+    "due_again",
     "frontier",
+    "lease_expired",
     "lease_params",
 ]
 
@@ -84,6 +86,25 @@ def frontier(tables: BackendTables, job: Any) -> sa.ScalarSelect[Any]:
     )
 
 
+def lease_expired(b: sa.Table, now: sa.ColumnElement[datetime]) -> sa.ColumnElement[bool]:
+    """A running batch whose lease ran out (statuses inline, as in the partial index
+    ix_<batches>_reclaimable's predicate)."""
+    return sa.and_(b.c.status == sa.literal_column("'running'"), b.c.lease_expires_at < now)
+
+
+def due_again(b: sa.Table, now: sa.ColumnElement[datetime]) -> sa.ColumnElement[bool]:
+    """A batch to hand out again: failed with attempts left and its retry backoff over,
+    or handed back (released: no backoff, a release is no failure)."""
+    return sa.or_(
+        b.c.status == sa.literal_column("'released'"),
+        sa.and_(
+            b.c.status == sa.literal_column("'failed'"),
+            b.c.attempt < b.c.max_attempts,
+            sa.or_(b.c.retry_after.is_(None), b.c.retry_after <= now),
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Statements:
     """Every statement of the acquisition and finishing paths, for one dialect.
@@ -137,6 +158,8 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
             jobs.c.cursor,
             jobs.c.generation,
             jobs.c.definition,
+            jobs.c.paused_at,
+            jobs.c.pause_reason,
         )
     )
     store_definition = (
@@ -146,9 +169,8 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
     )
 
     # Statuses inline, as in the partial index ix_<batches>_reclaimable's predicate.
-    running = b.c.status == sa.literal_column("'running'")
-    expired = sa.and_(running, b.c.lease_expires_at < now)
-    retryable = sa.and_(b.c.status == sa.literal_column("'failed'"), b.c.attempt < b.c.max_attempts)
+    expired = lease_expired(b, now)
+    retryable = due_again(b, now)
     reclaim_candidate = (
         sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
         .where(
@@ -178,6 +200,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
         processing_start=now,
         processing_end=None,
         lease_expires_at=later,
+        retry_after=None,
         worker=p("p_worker"),
     )
     expire_exhausted = (
@@ -227,6 +250,8 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
             lease_expires_at=None,
             result=p("p_result", type_=b.c.result.type),
             max_attempts=b.c.max_attempts + p("p_refund", type_=sa.Integer),
+            # a failure's backoff (the lease parameters carry its delay); else none
+            retry_after=sa.case((p("p_backoff", type_=sa.Boolean), later), else_=sa.null()),
         )
     )
     heartbeat = (

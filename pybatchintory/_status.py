@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from ._engines import backend_errors, read_connection
 from ._horizon import report
-from ._idle import frontier_reason, nothing_new_reason, window_reason
+from ._idle import frontier_reason, nothing_new_reason, paused_reason, window_reason
 from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
 from ._source import PARAMS_DIGEST, Source, job_source, reflect_table_source
 from ._statements import db_now, frontier
@@ -163,6 +163,8 @@ async def job_status(
         running = b.c.status == "running"
         ok = b.c.status == "succeeded"
         failed = b.c.status == "failed"
+        released = b.c.status == "released"
+        waiting = sa.and_(failed, b.c.attempt < b.c.max_attempts)
         # One pass over the job's rows (the job_range index), whatever their number.
         agg = (
             await conn.execute(
@@ -180,12 +182,14 @@ async def job_status(
                     sa.func.min(sa.case((sa.and_(current, running), b.c.processing_start))),
                     sa.func.min(sa.case((sa.and_(current, running), b.c.lease_expires_at))),
                     sa.func.max(sa.case((ok, b.c.processing_end))),
+                    count(released),
+                    sa.func.min(sa.case((sa.and_(current, waiting), b.c.retry_after))),
                 ).where(b.c.job_identifier == name)
             )
         ).one()
     counts = [int(v or 0) for v in (agg[0], agg[2], agg[4], *agg[6:10])]
     weights = [float(v or 0) for v in (agg[1], agg[3], agg[5])]
-    oldest, earliest, last_ok = agg[10:]
+    oldest, earliest, last_ok, released_count, next_retry = agg[10:]
 
     definition = job if isinstance(job, Job) else stored.job
     if definition is not None:
@@ -206,7 +210,9 @@ async def job_status(
         # The inventory's own counts stand; only the backlog needs the metadata table.
         note = f"the metadata database could not be read, so only the inventory's own counts are shown: {exc}"
     stored_definition = json.loads(row.definition) if row.definition else None
-    idle = window_reason(row.cursor, id_start, id_end)
+    idle = paused_reason(row.paused_at, row.pause_reason)
+    if idle is None:
+        idle = window_reason(row.cursor, id_start, id_end)
     if idle is None and row.source_kind == "job":
         idle = await frontier_reason(store, row.source)
     if idle is None and backlog is not None and backlog.items == 0:
@@ -251,6 +257,10 @@ async def job_status(
         definition=stored_definition,
         idle_reason=idle,
         horizon=horizon,
+        released=int(released_count or 0),
+        next_retry_at=next_retry,
+        paused_at=row.paused_at,
+        pause_reason=row.pause_reason,
     )
 
 
@@ -332,6 +342,7 @@ async def list_jobs(store: Storage) -> list[JobSummary]:
             sa.func.sum(sa.case((b.c.status == "running", 1), else_=0)).label("running"),
             sa.func.sum(sa.case((b.c.status == "failed", 1), else_=0)).label("failed"),
             sa.func.sum(exhausted).label("out_of_attempts"),
+            sa.func.sum(sa.case((b.c.status == "released", 1), else_=0)).label("released"),
         )
         .select_from(b.join(jobs, b.c.job_identifier == jobs.c.job_identifier))
         .where(unfinished(b), b.c.generation == jobs.c.generation)
@@ -343,15 +354,21 @@ async def list_jobs(store: Storage) -> list[JobSummary]:
     summaries = []
     for row in job_rows:
         c = counts.get(row.job_identifier)
-        running, failed, out = (
-            (int(c.running), int(c.failed), int(c.out_of_attempts)) if c else (0, 0, 0)
+        running, failed, out, released = (
+            (int(c.running), int(c.failed), int(c.out_of_attempts), int(c.released))
+            if c
+            else (0, 0, 0, 0)
         )
         parts = [f"cursor {row.cursor if row.cursor is not None else '-'}"]
+        if row.paused_at is not None:
+            parts.append("paused")
         if running:
             parts.append(f"{running} running")
         if failed:
             parts.append(f"{failed} failed" + (f" ({out} out of attempts)" if out else ""))
-        if not running and not failed:
+        if released:
+            parts.append(f"{released} released")
+        if not running and not failed and not released and row.paused_at is None:
             parts.append("idle")
         summaries.append(
             JobSummary(

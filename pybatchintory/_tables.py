@@ -17,13 +17,19 @@ __all__ = [
     "BackendTables",
     "UtcDateTime",
     "build_tables",
+    "status_type",
     "unfinished",
 ]
 
-BATCH_STATUSES = ("running", "succeeded", "failed")
+# The specification's running, succeeded and failed, and (schema version 4) released: a
+# batch handed back unprocessed (release(), Ctrl-C, cancellation) that used no attempt,
+# is handed out again at once and is never counted as a failure (docs/reference.md).
+BATCH_STATUSES = ("running", "succeeded", "failed", "released")
 # The reclaimable batches' predicate, as the partial index and the reclaim query spell it
 # (PostgreSQL uses a partial index only when the query visibly implies its predicate).
-RECLAIMABLE = "status = 'running' OR (status = 'failed' AND attempt < max_attempts)"
+RECLAIMABLE = (
+    "status = 'running' OR status = 'released' OR (status = 'failed' AND attempt < max_attempts)"
+)
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -53,8 +59,9 @@ class UtcDateTime(sa.TypeDecorator[datetime]):
         return moment.astimezone(timezone.utc)
 
 
-def _status_type(name: str) -> sa.Enum:
-    return sa.Enum(*BATCH_STATUSES, name=name, native_enum=False, create_constraint=True, length=9)
+def status_type(name: str, statuses: tuple[str, ...] = BATCH_STATUSES) -> sa.Enum:
+    """The status column's type: VARCHAR(9) with a CHECK constraint named ``name``."""
+    return sa.Enum(*statuses, name=name, native_enum=False, create_constraint=True, length=9)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ def build_tables(settings: Settings) -> BackendTables:
         # schema version 2: the job's definition as JSON (pybatchintory.job.job_definition),
         # written by its acquisitions; NULL for a job not acquired since version 1
         sa.Column("definition", sa.Text, nullable=True),
+        # schema version 4: set while the job is paused (acquisitions hand out nothing)
+        sa.Column("paused_at", UtcDateTime, nullable=True),
+        sa.Column("pause_reason", sa.Text, nullable=True),
     )
 
     batches = sa.Table(
@@ -107,10 +117,13 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("item_count", sa.BigInteger, nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("max_attempts", sa.Integer, nullable=False),
-        sa.Column("status", _status_type(f"{b}_status"), nullable=False),
+        sa.Column("status", status_type(f"{b}_status"), nullable=False),
         sa.Column("lease_expires_at", UtcDateTime, nullable=True),
         sa.Column("worker", sa.String(255), nullable=True),
         sa.Column("result", sa.JSON(none_as_null=True), nullable=True),
+        # schema version 4: a failed batch is not handed out again before this time
+        # (retry backoff); NULL for any other status
+        sa.Column("retry_after", UtcDateTime, nullable=True),
         sa.CheckConstraint("range_start <= range_end", name=f"{b}_range_ordered"),
         sa.Index(f"ix_{b}_job_range", "job_identifier", "range_start"),
         # Unfinished batches of a job's generation: the recursion frontier (the lowest
@@ -142,7 +155,7 @@ def build_tables(settings: Settings) -> BackendTables:
         sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("processing_start", UtcDateTime, nullable=False),
         sa.Column("processing_end", UtcDateTime, nullable=True),
-        sa.Column("status", _status_type(f"{settings.logs_table}_status"), nullable=False),
+        sa.Column("status", status_type(f"{settings.logs_table}_status"), nullable=False),
         sa.Column("logging", sa.Text, nullable=True),
         sa.Column("worker", sa.String(255), nullable=True),
     )

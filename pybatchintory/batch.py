@@ -7,6 +7,7 @@ import functools
 import inspect
 import json
 import logging
+import random
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from ._backend import BatchRecord
+from ._backend import BatchRecord, Outcome
 from ._engines import complete_despite_cancellation
 from ._source import Source
 from .exceptions import (
@@ -34,6 +35,19 @@ __all__ = ["Batch"]
 logger = logging.getLogger("pybatchintory")
 T = TypeVar("T")
 _MAX_LOG_TEXT = 64 * 1024
+_MAX_BACKOFF_SECONDS = 3600.0
+# What ends a body without it having failed: the batch is released, not failed.
+_INTERRUPTIONS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError)
+
+
+def backoff_seconds(base: float, attempt: int) -> float:
+    """How long a batch that failed its ``attempt`` waits before it is handed out again:
+    ``base`` doubled with each attempt, at most an hour, with "equal jitter" (between
+    half and all of that) so that batches failed together do not return together."""
+    if base <= 0:
+        return 0.0
+    ceiling = min(base * 2.0 ** min(attempt - 1, 62), _MAX_BACKOFF_SECONDS)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 def error_text(exc_or_text: BaseException | str) -> str:
@@ -61,10 +75,12 @@ class Batch:
         record: BatchRecord,
         source: Source,
         lease_seconds: float,
+        retry_delay: float = 0.0,
     ) -> None:
         self._backend = backend
         self._source = source
         self._lease_seconds = lease_seconds
+        self._retry_delay = retry_delay  # the backoff's base: see backoff_seconds
         self._items: list[dict[str, Any]] | None = None  # set by the acquisition
         self._renewal: asyncio.Task[None] | None = None
         self.id: int = record.id
@@ -126,61 +142,60 @@ class Batch:
         """
         self._check_running("record success of")
         payload = None if result is None else _json_dict(result)
-        await self._finish(succeeded=True, result=payload, text=None)
+        await self._finish("succeeded", result=payload, text=None)
         self.result = payload
         logger.info("%s succeeded", self._describe(), extra=self._log_fields())
 
     async def error(self, exc_or_text: BaseException | str) -> None:
         """Record this attempt as failed, with the message and traceback in its log row.
 
-        The batch is handed out again by a later acquisition while attempts are left.
+        While attempts are left, the batch is handed out again once its retry backoff
+        is over (``retry_delay_seconds``, doubling with each attempt, with jitter);
+        meanwhile acquisitions hand out other ranges.
         """
         self._check_running("record failure of")
-        await self._finish(succeeded=False, result=None, text=error_text(exc_or_text))
+        await self._finish("failed", result=None, text=error_text(exc_or_text))
 
     async def release(self, reason: str = "released by its worker unprocessed") -> None:
-        """Hand the batch back unprocessed, without using up an attempt: the next
-        acquisition takes it again (for a worker shutting down before it starts)."""
+        """Hand the batch back unprocessed: status ``released``, no attempt used, no
+        failure counted; the next acquisition takes it again at once (for a worker
+        shutting down before it starts)."""
         self._check_running("release")
-        await self._finish(succeeded=False, result=None, text=reason, refund_attempt=True)
+        await self._finish("released", result=None, text=reason)
 
-    async def _finish(
-        self, *, succeeded: bool, result: Any, text: str | None, refund_attempt: bool = False
-    ) -> None:
+    async def _finish(self, outcome: Outcome, *, result: Any, text: str | None) -> None:
         # A cancelled caller: the write runs to its end (issue 13, item 2), and so does
         # the batch's own state, which must match what the inventory recorded.
-        await complete_despite_cancellation(
-            self._record_outcome(succeeded, result, text, refund_attempt)
-        )
+        await complete_despite_cancellation(self._record_outcome(outcome, result, text))
 
-    async def _record_outcome(
-        self, succeeded: bool, result: Any, text: str | None, refund_attempt: bool
-    ) -> None:
+    async def _record_outcome(self, outcome: Outcome, result: Any, text: str | None) -> None:
+        delay = backoff_seconds(self._retry_delay, self.attempt) if outcome == "failed" else 0.0
         max_attempts = await self._backend.finish(
-            self.id,
-            self.attempt,
-            succeeded=succeeded,
-            result=result,
-            text=text,
-            refund_attempt=refund_attempt,
+            self.id, self.attempt, outcome=outcome, result=result, text=text, retry_delay=delay
         )
-        self.status = "succeeded" if succeeded else "failed"
-        if refund_attempt:
+        self.status = outcome
+        if outcome == "released":
             logger.info(
-                "%s handed back unprocessed, no attempt used: %s",
+                "%s handed back unprocessed (released, no attempt used): %s",
                 self._describe(),
                 text,
                 extra=self._log_fields(),
             )
-        elif not succeeded:
+        elif outcome == "failed":
             last = self.attempt >= max_attempts
             reason = (text or "").strip().splitlines()[-1:] or ["no reason given"]
+            then = (
+                "; it stays failed until retried"
+                if last
+                else f"; retried in {delay:.1f} s at the earliest"
+            )
             logger.warning(
-                "%s failed%s: %s",
+                "%s failed%s: %s%s",
                 self._describe(),
-                " on its last attempt; it stays failed until retried" if last else "",
+                " on its last attempt" if last else "",
                 reason[0],
-                extra={**self._log_fields(), "error": reason[0]},
+                then,
+                extra={**self._log_fields(), "error": reason[0], "retry_delay": delay},
             )
 
     async def heartbeat(self) -> None:
@@ -275,7 +290,12 @@ class Batch:
             await self.success()
             return
         try:
-            await self.error(exc)
+            if isinstance(exc, _INTERRUPTIONS):
+                # Ctrl-C, sys.exit() or a cancelled task: the work was interrupted, not
+                # failed; the batch goes back without using up an attempt.
+                await self.release(f"interrupted by {type(exc).__name__} while being processed")
+            else:
+                await self.error(exc)
         except (BatchLostError, BackendError) as record_exc:
             # The body's exception matters more; say why it is not in the inventory.
             logger.error(

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import anyio
 
 from . import _migrations
+from ._admin import BATCH_FILTERS
 from ._engines import create_engine
 from ._tables import build_tables
 from .config import Settings, hide_password
@@ -171,6 +172,34 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument(
         "--force", action="store_true", help="even if batches after the point are running"
     )
+    reset.add_argument(
+        "--dry-run", action="store_true", help="say what the reset would do; change nothing"
+    )
+    batches = commands.add_parser(
+        "batches", parents=[common], help="a job's batches, newest first, with their last error"
+    )
+    batches.add_argument("job")
+    batches.add_argument(
+        "--status",
+        choices=BATCH_FILTERS,
+        help="only these (retry_wait: failed with attempts left; out_of_attempts: failed for good)",
+    )
+    batches.add_argument("--limit", type=_count, default=50, help="at most this many (default: 50)")
+    for name, what in (
+        ("release", "hand a running batch back now, unprocessed, using no attempt"),
+        ("expire", "end a running batch's lease now, as if its worker had died"),
+    ):
+        command = commands.add_parser(name, parents=[common], help=what)
+        command.add_argument("job")
+        command.add_argument("batch", type=_item_id, help="the batch id (see 'batches JOB')")
+        command.add_argument("--reason", help="recorded in the batch's log row")
+    pause = commands.add_parser(
+        "pause", parents=[common], help="hand out no batch of a job until it is resumed"
+    )
+    pause.add_argument("job")
+    pause.add_argument("--reason", help="shown in status and in the acquisitions' idle reason")
+    resume = commands.add_parser("resume", parents=[common], help="resume a paused job")
+    resume.add_argument("job")
     migrate = commands.add_parser(
         "migrate", parents=[common], help="upgrade the backend tables to this version's schema"
     )
@@ -262,6 +291,8 @@ def _status_text(s: Any) -> str:
             f"{_plural(s.failed, 'batch')}, weight {_weight(s.failed_weight, unit)} "
             f"({s.retryable:,} to retry, {s.out_of_attempts:,} out of attempts)",
         ),
+        ("released", _plural(s.released, "batch") + (" (to hand out again)" if s.released else "")),
+        ("next retry due", s.next_retry_at),
         ("oldest running", s.oldest_running_start),
         ("next lease expiry", s.earliest_lease_expiry),
         ("expired leases", s.expired_leases),
@@ -319,6 +350,47 @@ def _horizon_pairs(h: Any) -> list[tuple[str, Any]]:
             )
         )
     return pairs
+
+
+def _batches_text(job: str, found: Sequence[Any]) -> str:
+    if not found:
+        return f"job {job} has no such batch in its current generation"
+    rows = []
+    for b in found:
+        if b.status == "failed" and b.attempt < b.max_attempts:
+            due = f"retry at {_cell(b.retry_after)}" if b.retry_after else "retry now"
+        elif b.status == "running":
+            due = f"lease to {_cell(b.lease_expires_at)}"
+        else:
+            due = ""
+        last = " ".join((b.last_log or "").strip().splitlines()[-1:])[:100]
+        rows.append(
+            (
+                b.id,
+                f"{b.range_start:,}..{b.range_end:,}",
+                b.status,
+                f"{b.attempt} of {b.max_attempts}",
+                b.item_count,
+                b.worker or "-",
+                due,
+                last,
+            )
+        )
+    return _table(
+        ["batch", "ids", "status", "attempt", "items", "worker", "when", "last log"], rows
+    )
+
+
+def _reset_text(r: Any) -> str:
+    if not r.changed:
+        return f"job {r.job_identifier}: the cursor is already at {_cell(r.new_cursor)}; nothing changed"
+    head = "would reset" if r.dry_run else "reset"
+    return (
+        f"job {r.job_identifier} {head}: cursor {_cell(r.old_cursor)} -> {_cell(r.new_cursor)}, "
+        f"generation {r.generation}; {_plural(r.kept, 'succeeded batch')} kept, "
+        f"{_plural(len(r.carried), 'unfinished batch')} carried, {len(r.superseded):,} superseded"
+        + ("; nothing was changed (dry run)" if r.dry_run else "")
+    )
 
 
 def _trace_text(entries: Sequence[Any]) -> str:
@@ -507,14 +579,37 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
             else:
                 text = f"nothing re-queued: no batch of job {args.job} is out of attempts"
             return {"requeued": ids}, text
+        if args.command == "batches":
+            found = await inventory.batches(args.job, status=args.status, limit=args.limit)
+            return [b.as_dict() for b in found], _batches_text(args.job, found)
+        if args.command in ("release", "expire"):
+            take = inventory.release_batch if args.command == "release" else inventory.expire_batch
+            info = await take(args.job, args.batch, reason=args.reason)
+            then = (
+                "handed out again by the next acquisition, no attempt used"
+                if args.command == "release"
+                else "attempt counted as failed; handed out again while attempts are left"
+            )
+            return info.as_dict(), (
+                f"batch {info.id} of job {info.job_identifier} (ids {info.range_start:,}.."
+                f"{info.range_end:,}) {info.status}: {then}; its worker gets BatchLostError"
+            )
+        if args.command in ("pause", "resume"):
+            pausing = args.command == "pause"
+            if pausing:
+                changed = await inventory.pause(args.job, reason=args.reason)
+            else:
+                changed = await inventory.resume(args.job)
+            state = "paused" if pausing else "resumed"
+            text = (
+                f"job {args.job} {state}"
+                if changed
+                else f"job {args.job} was already {'paused' if pausing else 'running (not paused)'}"
+            )
+            return {"job": args.job, "paused": pausing, "changed": changed}, text
         assert args.command == "reset"
-        result = await inventory.reset(args.job, args.to_id, force=args.force)
-        text = (
-            f"job {result.job_identifier}: cursor {_cell(result.old_cursor)} -> {_cell(result.new_cursor)}, "
-            f"generation {result.generation}; {len(result.carried)} unfinished batch(es) kept, "
-            f"{len(result.superseded)} superseded"
-        )
-        return result.as_dict(), text
+        result = await inventory.reset(args.job, args.to_id, force=args.force, dry_run=args.dry_run)
+        return result.as_dict(), _reset_text(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=600.0, gt=0, description="How long a running batch is owned without a heartbeat."
     )
+    retry_delay_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Retry backoff: how long a failed batch waits before it is handed "
+        "out again, doubling with each attempt up to an hour, with jitter; 0: at once.",
+    )
     busy_timeout_seconds: float = Field(
         default=30.0, gt=0, description="SQLite: how long a writer waits for the lock."
     )

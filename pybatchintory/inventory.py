@@ -14,7 +14,8 @@ from typing import Any, overload
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
-from ._backend import Backend, BatchRecord
+from ._admin import expire_batch, list_batches, pause_job, release_batch
+from ._backend import Backend, BatchRecord, JobState
 from ._coverage import coverage_diff, job_coverage
 from ._engines import (
     backend_errors,
@@ -22,10 +23,11 @@ from ._engines import (
     create_engine,
     write_transaction,
 )
-from ._idle import frontier_reason, nothing_new_reason, window_reason
+from ._idle import backoff_reason, frontier_reason, nothing_new_reason, paused_reason, window_reason
 from ._plan import plan_batches
 from ._reports import (
     Backlog,
+    BatchInfo,
     Coverage,
     CoverageDiff,
     JobStatus,
@@ -310,13 +312,55 @@ class Inventory:
         return await plan_batches(self.storage, job, next)
 
     async def reset(
-        self, job: Job | str, to_id: int | None = None, *, force: bool = False
+        self,
+        job: Job | str,
+        to_id: int | None = None,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
     ) -> ResetResult:
         """Rewind the job's cursor so that ids after ``to_id`` (all, if None) are
         processed again; history is kept, in an older generation. Refuses while batches
-        after ``to_id`` run, unless ``force`` (their workers then lose them). Unfinished
-        batches at or below ``to_id`` stay to be finished; see :class:`ResetResult`."""
-        return await reset_job(self.storage, job_name(job), to_id, force=force)
+        after ``to_id`` run, unless ``force`` (their workers then lose them). Batches
+        wholly at or below ``to_id`` stand (succeeded ones are kept, unfinished ones
+        still to be finished); a reset to the cursor changes nothing; ``dry_run`` writes
+        nothing. See :class:`ResetResult`."""
+        return await reset_job(self.storage, job_name(job), to_id, force=force, dry_run=dry_run)
+
+    async def batches(
+        self, job: Job | str, *, status: str | None = None, limit: int = 50
+    ) -> list[BatchInfo]:
+        """The job's batches (current generation), newest first, with the text of each
+        one's last log row (a failure's error). ``status``: ``running``, ``succeeded``,
+        ``failed``, ``released``, ``retry_wait`` (failed, attempts left) or
+        ``out_of_attempts``."""
+        return await list_batches(self.storage, job_name(job), status=status, limit=limit)
+
+    async def release_batch(
+        self, job: Job | str, batch_id: int, *, reason: str | None = None
+    ) -> BatchInfo:
+        """Take a running batch from its worker now and hand it back unprocessed: it is
+        ``released`` (no attempt used) and the next acquisition takes it. For the batch
+        of a worker known dead, rather than waiting out its lease. The worker, if alive,
+        gets BatchLostError at its next renewal or finish."""
+        return await release_batch(self.storage, job_name(job), batch_id, reason)
+
+    async def expire_batch(
+        self, job: Job | str, batch_id: int, *, reason: str | None = None
+    ) -> BatchInfo:
+        """End a running batch's lease now, as if it had run out: the attempt counts as
+        failed (a hung worker's), and the batch is handed out again at once while it
+        has attempts left. The worker, if alive, gets BatchLostError."""
+        return await expire_batch(self.storage, job_name(job), batch_id, reason)
+
+    async def pause(self, job: Job | str, *, reason: str | None = None) -> bool:
+        """Pause the job: acquisitions hand out nothing (``idle_reasons`` says why);
+        batches in flight finish normally. Returns False if it was already paused."""
+        return await pause_job(self.storage, job_name(job), paused=True, reason=reason)
+
+    async def resume(self, job: Job | str) -> bool:
+        """Resume a paused job. Returns False if it was not paused."""
+        return await pause_job(self.storage, job_name(job), paused=False)
 
     @overload
     async def backlog(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Backlog: ...
@@ -495,15 +539,22 @@ class Inventory:
         definition = job_definition(job)
         lease = job.lease_seconds or self.settings.lease_seconds
         max_attempts = job.max_attempts or self.settings.max_attempts
+        retry_delay = (
+            self.settings.retry_delay_seconds
+            if job.retry_delay_seconds is None
+            else job.retry_delay_seconds
+        )
 
-        cursor: list[int | None] = [None]  # the job's cursor, as the last attempt saw it
+        seen: list[JobState | None] = [None]  # the job's row, as the last attempt saw it
 
         async def take() -> BatchRecord | None:
             # at the tail, the horizon's refresh runs while the job row is being locked
             since = source.horizon.prefetch(upper) if source.horizon is not None else None
             async with write_transaction(backend.engine) as conn:
                 state = await backend.lock_job(conn, name, source.binding, definition)
-                cursor[0] = state.cursor
+                seen[0] = state
+                if state.paused_at is not None:  # workers in flight finish; none start
+                    return None
                 record = await backend.reclaim(conn, name, state, job.window, lease, self.worker)
                 if record is not None:
                     return record
@@ -544,10 +595,10 @@ class Inventory:
         async with backend_errors(f"acquiring a batch of job {name!r}", backend.engine):
             record = await backend.take(take)
         if record is None:
-            await self._note_idle(job, cursor[0], upper)
+            await self._note_idle(job, seen[0], upper)
             return None
         self.idle_reasons.pop(name, None)
-        batch = Batch(backend, record, source, lease)
+        batch = Batch(backend, record, source, lease, retry_delay)
         logger.info(
             "acquired batch %s of job %s: ids %s..%s, attempt %s, %s items, weight %g",
             record.id,
@@ -563,13 +614,19 @@ class Inventory:
             await self._load_items(batch, source)
         return batch
 
-    async def _note_idle(self, job: Job, cursor: int | None, upper: int | None) -> None:
+    async def _note_idle(self, job: Job, state: JobState | None, upper: int | None) -> None:
         """Say why nothing was handed out: an attribute, and a log line at INFO."""
-        reason = window_reason(cursor, job.id_start, job.id_end)
+        cursor = None if state is None else state.cursor
+        reason = None if state is None else paused_reason(state.paused_at, state.pause_reason)
+        if reason is None:
+            reason = window_reason(cursor, job.id_start, job.id_end)
         if reason is None and job.source_job is not None:
             reason = await frontier_reason(self.storage, job.source_job)
         if reason is None:
             reason = nothing_new_reason(cursor, upper)
+            waiting = await backoff_reason(self.storage, job.job_identifier)
+            if waiting is not None:
+                reason = f"{reason}; {waiting}"
         self.idle_reasons[job.job_identifier] = self._last_idle = reason
         logger.info(
             "job %s: nothing to hand out: %s",

@@ -50,7 +50,16 @@ _INT64 = (-(2**63), 2**63 - 1)
 _MAX_ATTEMPTS = 1_000_000
 _MAX_LEASE_SECONDS = 366 * 24 * 3600  # a year: longer is surely a unit mistake
 # What one call may change on a job: its budget, window, lease and attempts.
-_OPTIONS = ("weight", "max_items", "id_start", "id_end", "max_attempts", "lease_seconds")
+_OPTIONS = (
+    "weight",
+    "max_items",
+    "id_start",
+    "id_end",
+    "max_attempts",
+    "lease_seconds",
+    "retry_delay_seconds",
+)
+_MAX_RETRY_DELAY_SECONDS = 3600.0  # the backoff's ceiling too
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -63,6 +72,7 @@ class JobOptions(TypedDict, total=False):
     id_end: int | None
     max_attempts: int | None
     lease_seconds: float | None
+    retry_delay_seconds: float | None
 
 
 class JobArguments(JobOptions, total=False):
@@ -124,6 +134,10 @@ class Job:
     """Attempts per batch before it stays failed (None: the setting, default 3)."""
     lease_seconds: float | None = None
     """How long a worker owns a batch without renewing it (None: the setting, 600 s)."""
+    retry_delay_seconds: float | None = None
+    """Retry backoff: a failed batch waits this long before it is handed out again,
+    doubling with each attempt up to an hour, with jitter; 0 retries at once (None: the
+    setting, 2 s)."""
     settle_column: str | None = None
     """A timestamp column of the source: with ``settle_seconds``, the job never plans
     past a row younger than that, so rows whose lower ids commit late are not skipped."""
@@ -176,7 +190,18 @@ class Job:
                 f"lease_seconds must be a finite number of seconds up to {_MAX_LEASE_SECONDS} "
                 f"(a year), got {self.lease_seconds!r}"
             )
+        delay = self.retry_delay_seconds
+        if delay is not None and (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not 0 <= delay <= _MAX_RETRY_DELAY_SECONDS
+        ):
+            raise InvalidArgumentError(
+                "retry_delay_seconds must be a number of seconds from 0 (retry at once) to "
+                f"{_MAX_RETRY_DELAY_SECONDS:g}, got {delay!r}"
+            )
         normal = {
+            "retry_delay_seconds": None if delay is None else float(delay),
             "weight": _positive_number(self.weight, "weight"),
             "max_items": positive_int(self.max_items, "max_items"),
             "max_attempts": positive_int(self.max_attempts, "max_attempts", _MAX_ATTEMPTS),

@@ -25,6 +25,7 @@ from ._loop import EventLoopThread
 from ._progress import ProgressBar
 from ._reports import (
     Backlog,
+    BatchInfo,
     Coverage,
     CoverageDiff,
     JobStatus,
@@ -435,10 +436,41 @@ class SyncInventory:
         return self.call(self._inventory.plan, job, next)
 
     def reset(
-        self, job: Job | str, to_id: int | None = None, *, force: bool = False
+        self,
+        job: Job | str,
+        to_id: int | None = None,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
     ) -> ResetResult:
         """Same as :meth:`Inventory.reset`."""
-        return self.call(self._inventory.reset, job, to_id, force=force)
+        return self.call(self._inventory.reset, job, to_id, force=force, dry_run=dry_run)
+
+    def batches(
+        self, job: Job | str, *, status: str | None = None, limit: int = 50
+    ) -> list[BatchInfo]:
+        """Same as :meth:`Inventory.batches`."""
+        return self.call(self._inventory.batches, job, status=status, limit=limit)
+
+    def release_batch(
+        self, job: Job | str, batch_id: int, *, reason: str | None = None
+    ) -> BatchInfo:
+        """Same as :meth:`Inventory.release_batch`."""
+        return self.call(self._inventory.release_batch, job, batch_id, reason=reason)
+
+    def expire_batch(
+        self, job: Job | str, batch_id: int, *, reason: str | None = None
+    ) -> BatchInfo:
+        """Same as :meth:`Inventory.expire_batch`."""
+        return self.call(self._inventory.expire_batch, job, batch_id, reason=reason)
+
+    def pause(self, job: Job | str, *, reason: str | None = None) -> bool:
+        """Same as :meth:`Inventory.pause`."""
+        return self.call(self._inventory.pause, job, reason=reason)
+
+    def resume(self, job: Job | str) -> bool:
+        """Same as :meth:`Inventory.resume`."""
+        return self.call(self._inventory.resume, job)
 
     @overload
     def backlog(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Backlog: ...

@@ -112,7 +112,14 @@ class Db:
         return f"{self.schema}.{name}" if self.schema else name
 
     def settings(self) -> dict[str, Any]:
-        return {"inventory_url": self.url, "meta_url": self.url, "schema_name": self.schema}
+        # Failed batches come back at once: the tests of replay order and attempts are
+        # about order, not time; tests/integration/test_backoff.py sets a delay.
+        return {
+            "inventory_url": self.url,
+            "meta_url": self.url,
+            "schema_name": self.schema,
+            "retry_delay_seconds": 0,
+        }
 
     def inventory(self, **overrides: Any) -> Inventory:
         """An Inventory on this database, closed at the end of the test."""

@@ -29,11 +29,12 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .._engines import backend_errors, read_connection, retry_transient, write_transaction
+from .._engines import backend_errors, read_connection, retry_transient
 from .._tables import BackendTables
 from ..exceptions import SchemaVersionError
 
@@ -56,7 +57,7 @@ logger = logging.getLogger("pybatchintory")
 
 # The newest revision in versions/ (a unit test holds the two together). A constant, so
 # that the fast path of open() does not load the revision scripts.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 LIBRARY_VERSION = int(HEAD_REVISION)
 # Serialises creation and upgrades across processes (PostgreSQL). The key that
 # pybatchintory 0.1.0 took as a session lock around its create_all: transaction and
@@ -298,9 +299,37 @@ async def _upgrade(engine: AsyncEngine, tables: BackendTables, *, dry_run: bool)
 
 
 async def _in_sqlite_lock(engine: AsyncEngine, work: Callable[[sa.Connection], T]) -> T:
-    # BEGIN IMMEDIATE: the write lock from the start, held to the commit.
-    async with write_transaction(engine) as conn:
-        return await conn.run_sync(work)
+    async with engine.connect() as outside:
+        # A step that rebuilds a table (SQLite cannot alter a constraint) drops the
+        # logs' parent table: foreign keys must be off, which SQLite honours only
+        # outside a transaction, so through the driver before the BEGIN. The check
+        # below stands in for them, and they are on again before the pool has it back.
+        driver: Any = (await outside.get_raw_connection()).driver_connection
+        await driver.execute("PRAGMA foreign_keys = OFF")
+        try:
+            # BEGIN IMMEDIATE: the write lock from the start, held to the commit.
+            conn = await outside.execution_options(sqlite_begin="IMMEDIATE", sqlite_busy_ms=None)
+            async with conn.begin():
+                result = await conn.run_sync(work)
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first()
+                if broken is not None:
+                    raise SchemaVersionError(
+                        f"the upgrade would leave a log row without its batch ({tuple(broken)}); "
+                        "nothing was changed"
+                    )
+                return result
+        finally:
+            await _foreign_keys_on(outside, driver)
+
+
+async def _foreign_keys_on(conn: AsyncConnection, driver: Any) -> None:
+    """Foreign keys on again; a connection where that cannot be done (closed by a
+    cancellation midway) is dropped from the pool rather than reused without them."""
+    try:
+        with anyio.CancelScope(shield=True):
+            await driver.execute("PRAGMA foreign_keys = ON")
+    except Exception:
+        await conn.invalidate()
 
 
 async def _in_postgresql_lock(

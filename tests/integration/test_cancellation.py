@@ -135,7 +135,8 @@ async def test_cancelling_an_acquisition_blocked_on_the_job_lock_releases_its_se
         await assert_nothing_held(db, inv)
 
 
-async def test_cancelling_the_body_of_async_with_records_the_failure(db: Db) -> None:
+async def test_cancelling_the_body_of_async_with_releases_the_batch(db: Db) -> None:
+    """A cancelled body was interrupted, not failed: the batch is released (issue 9)."""
     table = await db.create_meta(weights=[1] * 3)
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(source_table=table, job_identifier="j")
@@ -152,13 +153,14 @@ async def test_cancelling_the_body_of_async_with_records_the_failure(db: Db) -> 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert batch.status == "failed"
+        assert batch.status == "released"
         await assert_nothing_held(db, inv)
         again = await inv.acquire_batch(source_table=table, job_identifier="j")
         assert again is not None and (again.id, again.attempt) == (batch.id, 2)
+        assert again.max_attempts == batch.max_attempts + 1  # the attempt was given back
         await again.success()
     log = (await db.rows("SELECT status, logging FROM {s}inventory_logs WHERE attempt = 1"))[0]
-    assert log.status == "failed" and "CancelledError" in log.logging
+    assert log.status == "released" and "CancelledError" in log.logging
 
 
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)

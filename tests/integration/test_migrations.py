@@ -278,22 +278,60 @@ async def test_migrate_command_upgrades_version_1_tables(db: Db) -> None:
 
 
 async def test_upgraded_tables_match_new_ones(db: Db) -> None:
-    """Version 1 plus the upgrades is the schema a new database gets."""
+    """Version 1 plus the upgrades is the schema a new database gets: the same columns,
+    CHECK constraints (the status enum with ``released``) and indexes (the reclaimable
+    index's predicate), also where SQLite had to rebuild a table."""
     await make_v1_inventory(db)
     async with db.inventory():
         pass
-    async with db.inventory(jobs_table="fresh_jobs"):
+    names = {"jobs_table": "fresh_jobs", "batches_table": "fresh", "logs_table": "fresh_logs"}
+    async with db.inventory(**names):
         pass
 
-    def columns(conn: sa.Connection, name: str) -> list[tuple[str, str, bool]]:
-        found = sa.inspect(conn).get_columns(name, schema=db.schema)
-        return [(c["name"], str(c["type"]), c["nullable"]) for c in found]
+    def shape(conn: sa.Connection, table: str, rename: str) -> dict[str, Any]:
+        found = sa.inspect(conn)
+
+        def same(text: Any) -> str:  # the fresh tables' names spelt as the upgraded ones
+            return str(text).replace(rename, "inventory")
+
+        return {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"])
+                for c in found.get_columns(table, schema=db.schema)
+            ],
+            "checks": sorted(
+                (same(c["name"]), " ".join(same(c["sqltext"]).split()))
+                for c in found.get_check_constraints(table, schema=db.schema)
+            ),
+            "indexes": sorted(
+                (
+                    same(i["name"]),
+                    tuple(i["column_names"]),
+                    same(sorted((k, str(v)) for k, v in i.get("dialect_options", {}).items())),
+                )
+                for i in found.get_indexes(table, schema=db.schema)
+            ),
+        }
 
     async with db.engine.connect() as conn:
-        upgraded = await conn.run_sync(columns, "inventory_jobs")
-        fresh = await conn.run_sync(columns, "fresh_jobs")
-    assert upgraded == fresh
-    assert upgraded[-1] == ("definition", "TEXT", True)
+        for old, new in (
+            ("inventory_jobs", "fresh_jobs"),
+            ("inventory", "fresh"),
+            ("inventory_logs", "fresh_logs"),
+        ):
+            upgraded = await conn.run_sync(shape, old, "-")
+            fresh = await conn.run_sync(shape, new, "fresh")
+            assert upgraded == fresh, old
+        jobs = await conn.run_sync(shape, "inventory_jobs", "-")
+        batches = await conn.run_sync(shape, "inventory", "-")
+    assert [c[0] for c in jobs["columns"]][-3:] == ["definition", "paused_at", "pause_reason"]
+    assert "retry_after" in [c[0] for c in batches["columns"]]
+    assert any("released" in text for _, text in batches["checks"])
+    assert any(
+        "released" in str(options)
+        for name, _, options in batches["indexes"]
+        if "reclaimable" in name
+    )
 
 
 # -- (b) tables newer than the library ----------------------------------------------------
