@@ -123,6 +123,12 @@ def require_mysql() -> None:
     pytest.skip(problem)
 
 
+def job_options_of(inv: Inventory) -> dict[str, Any]:
+    """:attr:`Db.job_options` for helpers that have only the inventory."""
+    backend = sa.engine.make_url(inv.settings.meta_dsn).get_backend_name()
+    return {"horizon": None} if backend in ("mysql", "mariadb") else {}
+
+
 def meta_table_def(md: sa.MetaData, name: str) -> sa.Table:
     """The metadata table the tests use: id, uri, weight, category."""
     return sa.Table(
