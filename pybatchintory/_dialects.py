@@ -99,8 +99,8 @@ class _MySQL(SqlDialect):
 
     def younger_than(self, column: sa.ColumnElement[Any], seconds: float) -> sa.ColumnElement[bool]:
         # NOW(6) is the statement's start (one value per statement, like PostgreSQL's
-        # now()), so the comparison is an index range. Whole microseconds: MySQL's
-        # INTERVAL takes no fraction of a second in a bind parameter. NOW() is in the
+        # now()), so the comparison is an index range. Whole microseconds: the count
+        # of TIMESTAMPADD is an integer, and seconds would truncate 0.9 to 0. NOW() is in the
         # session's time zone, as a TIMESTAMP column reads and as DEFAULT
         # CURRENT_TIMESTAMP fills a DATETIME (docs/mysql.md).
         micros = sa.literal(-round(float(seconds) * 1_000_000), sa.BigInteger)

@@ -187,8 +187,8 @@ def mysql_inventory_refusal(where: str) -> str:
     """Why the inventory's tables cannot live on MySQL or MariaDB (measured: docs/mysql.md)."""
     return (
         f"{where}: the inventory (inventory_url) cannot be on MySQL or MariaDB: the "
-        "backend's invariants (fencing by UPDATE ... RETURNING, the job row's upsert, "
-        "microsecond UTC timestamps, retry of deadlocks) are implemented for PostgreSQL "
+        "backend's invariants (fencing by UPDATE ... RETURNING, partial indexes, "
+        "microsecond UTC timestamps, retry of lock wait timeouts) are implemented for PostgreSQL "
         "and SQLite only (docs/mysql.md). Keep the inventory on PostgreSQL or SQLite and "
         "point meta_url at MySQL/MariaDB: metadata tables there are supported"
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from pybatchintory import ConfigurationError, HorizonUnavailableError, Inventory
+from pybatchintory import ConfigurationError, HorizonUnavailableError, Inventory, Settings
+from pybatchintory._engines import create_engine
 from tests.conftest import Db
 
 SECRET = "s3cret-pw"
@@ -22,6 +23,19 @@ def test_the_inventory_on_mysql_is_refused_with_the_reason_and_the_way_out(schem
     message = str(raised.value)
     assert "metadata tables only (meta_url)" in message and "PostgreSQL or SQLite" in message
     assert SECRET not in message and SECRET not in repr(raised.value)
+
+
+async def test_an_inventory_engine_on_mysql_is_refused_even_past_the_settings_check() -> None:
+    # The engine's own check, for settings made without validation (model_construct)
+    url = f"mysql://user:{SECRET}@db.example.com/lake"
+    with pytest.raises(ConfigurationError, match="cannot be on MySQL or MariaDB") as raised:
+        create_engine(url, Settings(), writer=True)
+    assert SECRET not in str(raised.value)
+    meta = create_engine(url, Settings(), writer=False)  # no connection is made here
+    try:
+        assert meta.url.drivername == "mysql+asyncmy"
+    finally:
+        await meta.dispose()
 
 
 @pytest.mark.parametrize("meta_db", ["mariadb"], indirect=True)
