@@ -157,11 +157,12 @@ class Db:
     inventories: list[Inventory] = field(default_factory=list)
     # The metadata tables' database when it is not the inventory's (MariaDB, meta_db)
     meta_url: str | None = None
-    meta_engine: AsyncEngine = None  # type: ignore[assignment]  # set in __post_init__
+    separate_meta_engine: AsyncEngine | None = None
 
-    def __post_init__(self) -> None:
-        if self.meta_engine is None:
-            self.meta_engine = self.engine
+    @property
+    def meta_engine(self) -> AsyncEngine:
+        """The engine of the metadata tables: the inventory's unless they live apart."""
+        return self.separate_meta_engine or self.engine
 
     @property
     def job_options(self) -> dict[str, Any]:
@@ -279,7 +280,7 @@ async def _database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
         engine = create_async_engine(sqlite_url)
         meta_engine = create_async_engine(meta_url)
         database = Db(
-            "mariadb", sqlite_url, None, engine, meta_url=meta_url, meta_engine=meta_engine
+            "mariadb", sqlite_url, None, engine, meta_url=meta_url, separate_meta_engine=meta_engine
         )
     else:
         schema = f"t_{uuid.uuid4().hex[:12]}"
