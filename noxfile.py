@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests`` (SQLite and PostgreSQL), ``nox -s lint``, ``nox -s bench``.
+"""Sessions: ``nox -s tests`` (SQLite, PostgreSQL and MariaDB), ``nox -s lint``, ``nox -s bench``.
 
 ``nox -s tests`` runs the suite on every Python that requires-python allows (3.10 to
 3.13): the whole suite, multi-process acceptance tests included, on the newest; the
@@ -12,7 +12,9 @@ versions (``$PYENV_ROOT/versions``), which need not be enabled. A missing interp
 skips its session, and fails it under CI=true.
 
 PostgreSQL is taken from PYBATCHINTORY_TEST_PG_URL (default: the local server's ``test``
-database); without a server those tests skip with the reason, and fail under CI=true.
+database), MySQL/MariaDB (metadata tables) from PYBATCHINTORY_TEST_MYSQL_URL (default:
+mysql+asyncmy://root@127.0.0.1:3306/test); without a server those tests skip with the
+reason, and fail under CI=true.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ nox.options.download_python = "never"
 ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 NEWEST, OLDEST = PYTHONS[-1], PYTHONS[0]
-EXTRAS = ("test", "examples")
-_PASSED_THROUGH = ("PYBATCHINTORY_TEST_PG_URL", "CI")
+EXTRAS = ("test", "examples", "mysql")
+_PASSED_THROUGH = ("PYBATCHINTORY_TEST_PG_URL", "PYBATCHINTORY_TEST_MYSQL_URL", "CI")
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -91,7 +93,7 @@ def _floors() -> list[str]:
     ],
 )
 def tests(session: nox.Session, deps: str) -> None:
-    """The test suite on SQLite and PostgreSQL (examples included, Dask too)."""
+    """The test suite on SQLite, PostgreSQL and MariaDB (examples included, Dask too)."""
     package = f".[{','.join(EXTRAS)}]"
     if deps == "floors":
         constraints = Path(session.create_tmp()) / "floors.txt"

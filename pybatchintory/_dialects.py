@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ._tables import UtcDateTime
 
@@ -90,7 +90,28 @@ class _PostgreSQL(SqlDialect):
         return column > sa.func.now() - interval
 
 
-_DIALECTS: dict[str, SqlDialect] = {d.name: d for d in (_SQLite(), _PostgreSQL())}
+class _MySQL(SqlDialect):
+    """MySQL 8 and MariaDB: metadata tables only, so only the settle lag is needed here;
+    the inventory is refused on them (``_engines.mysql_inventory_refusal``,
+    docs/mysql.md). The clock and lease methods stay unimplemented on purpose."""
+
+    name, combined_writes, insert = "mysql", False, staticmethod(mysql.insert)
+
+    def younger_than(self, column: sa.ColumnElement[Any], seconds: float) -> sa.ColumnElement[bool]:
+        # NOW(6) is the statement's start (one value per statement, like PostgreSQL's
+        # now()), so the comparison is an index range. Whole microseconds: the count
+        # of TIMESTAMPADD is an integer, and seconds would truncate 0.9 to 0. NOW() is in the
+        # session's time zone, as a TIMESTAMP column reads and as DEFAULT
+        # CURRENT_TIMESTAMP fills a DATETIME (docs/mysql.md).
+        micros = sa.literal(-round(float(seconds) * 1_000_000), sa.BigInteger)
+        threshold = sa.func.timestampadd(
+            sa.literal_column("MICROSECOND"), micros, sa.func.now(6), type_=sa.DateTime
+        )
+        return column > threshold
+
+
+_DIALECTS: dict[str, SqlDialect] = {d.name: d for d in (_SQLite(), _PostgreSQL(), _MySQL())}
+_DIALECTS["mariadb"] = _DIALECTS["mysql"]  # SQLAlchemy's name for a mariadb:// URL
 
 
 def dialect_named(name: str) -> SqlDialect:

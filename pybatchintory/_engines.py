@@ -46,7 +46,19 @@ __all__ = [
 T = TypeVar("T")
 logger = logging.getLogger("pybatchintory")
 
-_ASYNC_DRIVERS = {"postgresql": "asyncpg", "sqlite": "aiosqlite"}
+# A plain URL of each backend means its asyncio driver. MySQL and MariaDB (metadata
+# tables only, docs/mysql.md): asyncmy, chosen over aiomysql there.
+_ASYNC_DRIVERS = {
+    "postgresql": "asyncpg",
+    "sqlite": "aiosqlite",
+    "mysql": "asyncmy",
+    "mariadb": "asyncmy",
+}
+# Backends that can hold the inventory's tables (the others hold metadata tables only)
+INVENTORY_BACKENDS = ("postgresql", "sqlite")
+# MySQL closes a connection idle for wait_timeout (8 hours by default): pooled
+# connections are replaced well before that.
+_MYSQL_POOL_RECYCLE_SECONDS = 3600
 # SQLSTATEs that mean "run the transaction again": serialization failure, deadlock.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 # Fix (issue 3): the bound was 10 tries. Under SERIALIZABLE every acquisition that waits
@@ -79,7 +91,8 @@ def _async_url(dsn: str) -> URL:
     if backend not in _ASYNC_DRIVERS:
         raise ConfigurationError(
             f"{hide_password(dsn)}: backend {backend!r} is not supported; "
-            "use postgresql+asyncpg:// or sqlite+aiosqlite://"
+            "use postgresql+asyncpg:// or sqlite+aiosqlite:// (or, for metadata tables, "
+            "mysql+asyncmy://)"
         )
     driver = _ASYNC_DRIVERS[backend]
     if url.get_driver_name() != driver:
@@ -106,7 +119,10 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
     connection (see :func:`read_connection`).
     """
     url, query_args = _split_driver_query(_async_url(dsn))
-    postgresql = url.get_backend_name() == "postgresql"
+    backend = url.get_backend_name()
+    if writer and backend not in INVENTORY_BACKENDS:
+        raise ConfigurationError(mysql_inventory_refusal(hide_password(dsn)))
+    postgresql = backend == "postgresql"
     pgbouncer = postgresql and settings.pgbouncer
     kwargs: dict[str, Any] = {}
     connect_args: dict[str, Any] = {}
@@ -128,6 +144,14 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
                 prepared_statement_cache_size=0,
                 prepared_statement_name_func=_unique_statement_name,
             )
+    elif backend in ("mysql", "mariadb"):
+        kwargs["pool_size"] = settings.pool_size
+        kwargs["max_overflow"] = settings.pool_size
+        kwargs["pool_recycle"] = _MYSQL_POOL_RECYCLE_SECONDS
+        # A metadata read is one statement, or a page loop that wants one snapshot
+        # only per page: autocommit saves the BEGIN/ROLLBACK round trips, and no
+        # REPEATABLE READ snapshot outlives a statement (docs/mysql.md).
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     connect_args.update(query_args)
     for key, value in settings.connect_args.items():
         if key == "server_settings" and isinstance(value, dict):
@@ -152,11 +176,22 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, settings, writer=writer)
     elif not writer and not pgbouncer:
-        _AUTOCOMMIT_ENGINES.add(engine.sync_engine)
+        _AUTOCOMMIT_ENGINES.add(engine.sync_engine)  # PostgreSQL and MySQL
     if pgbouncer:
         _PGBOUNCER_ENGINES.add(engine.sync_engine)
     _ENGINES.add(engine)
     return engine
+
+
+def mysql_inventory_refusal(where: str) -> str:
+    """Why the inventory's tables cannot live on MySQL or MariaDB (measured: docs/mysql.md)."""
+    return (
+        f"{where}: the inventory (inventory_url) cannot be on MySQL or MariaDB: the "
+        "backend's invariants (fencing by UPDATE ... RETURNING, partial indexes, "
+        "microsecond UTC timestamps, retry of lock wait timeouts) are implemented for PostgreSQL "
+        "and SQLite only (docs/mysql.md). Keep the inventory on PostgreSQL or SQLite and "
+        "point meta_url at MySQL/MariaDB: metadata tables there are supported"
+    )
 
 
 def _unique_statement_name() -> str:

@@ -340,7 +340,13 @@ def _split_name(source_table: str) -> tuple[str | None, str]:
 
 async def _reflect(conn: AsyncConnection, schema: str | None, name: str) -> sa.Table:
     def reflect(sync_conn: sa.Connection) -> sa.Table:
-        return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync_conn)
+        table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=sync_conn)
+        for column in table.c:
+            # SQLAlchemy reflects MySQL's DOUBLE and REAL as Decimal-returning types;
+            # a floating-point column gives floats on every database (docs/mysql.md).
+            if isinstance(column.type, sa.Float) and column.type.asdecimal:
+                column.type.asdecimal = False
+        return table
 
     try:
         return await conn.run_sync(reflect)
@@ -533,10 +539,16 @@ async def reflect_table_source(
     exact = None
     if horizon and engine.dialect.name == "postgresql":
         exact = await check_horizon(engine, table, id_column)
-    elif horizon and engine.dialect.name != "sqlite":  # pragma: no cover - two backends today
+    elif horizon and engine.dialect.name != "sqlite":
+        # MySQL/MariaDB: InnoDB hands out auto-increment ids at INSERT and transactions
+        # commit in any order, and no server view tells which ids are still uncommitted
+        # the way pg_locks does: refused, as docs/design-horizon.md promises.
         raise HorizonUnavailableError(
-            f"the exact horizon is implemented for PostgreSQL (and SQLite needs none), not "
-            f"{engine.dialect.name}: bound the job by settle_column/settle_seconds instead"
+            f"{source_table}: the exact horizon (horizon='exact', the default) is "
+            f"implemented for PostgreSQL (and SQLite needs none), not for "
+            f"{engine.dialect.name}, where a lower id can commit after a higher one: bound "
+            "the job by settle_column/settle_seconds (a settle lag), or pass horizon=None "
+            "to plan up to the highest visible id and accept that hazard (docs/mysql.md)"
         )
     return Source(engine, table, id_col, weight_col, where, items, binding, bound, horizon=exact)
 

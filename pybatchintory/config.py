@@ -13,7 +13,7 @@ import re
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -24,6 +24,8 @@ __all__ = ["DEFAULT_INVENTORY_URL", "Settings", "hide_password", "redact", "safe
 
 DEFAULT_INVENTORY_URL = "sqlite+aiosqlite:///pybatchintory.sqlite3"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# MySQL and MariaDB: metadata tables (meta_url) only, never the inventory (docs/mysql.md)
+_META_ONLY_BACKENDS = ("mysql", "mariadb")
 
 
 def _env_files() -> tuple[str, ...]:
@@ -232,7 +234,7 @@ class Settings(BaseSettings):
 
     @field_validator("inventory_url", "meta_url")
     @classmethod
-    def _parsable_url(cls, value: SecretStr | None) -> SecretStr | None:
+    def _parsable_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None:
             return None
         try:
@@ -242,10 +244,19 @@ class Settings(BaseSettings):
                 "not a database URL; expected e.g. postgresql+asyncpg://user@host/db "
                 "or sqlite+aiosqlite:///path.db"
             ) from None
-        if url.get_backend_name() not in ("postgresql", "sqlite"):
+        backend = url.get_backend_name()
+        if info.field_name == "meta_url" and backend in _META_ONLY_BACKENDS:
+            pass  # metadata tables on MySQL/MariaDB (docs/mysql.md)
+        elif backend in _META_ONLY_BACKENDS:
             raise ValueError(
-                f"backend {url.get_backend_name()!r} is not supported; "
-                "use postgresql+asyncpg:// or sqlite+aiosqlite://"
+                f"backend {backend!r} holds metadata tables only (meta_url): the inventory "
+                "needs PostgreSQL or SQLite, whose backend invariants MySQL/MariaDB lack "
+                "(docs/mysql.md); use postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
+        elif backend not in ("postgresql", "sqlite"):
+            raise ValueError(
+                f"backend {backend!r} is not supported; use postgresql+asyncpg:// or "
+                "sqlite+aiosqlite:// (and, for meta_url only, mysql+asyncmy://)"
             )
         if url.port is not None and not 0 < url.port < 65536:
             raise ValueError(f"port {url.port} is not a TCP port (1 to 65535)")

@@ -4,6 +4,12 @@ PostgreSQL comes from ``PYBATCHINTORY_TEST_PG_URL`` (default: the local server's
 ``test`` database). Each test gets its own schema there, dropped afterwards. Where no
 server answers, the PostgreSQL tests skip with the reason, except under CI=true, where
 a missing server is a failure: CI must never pass by skipping the PostgreSQL suite.
+
+Tests of the metadata side (``meta_db``) run a third time with the metadata table on
+MySQL/MariaDB and the inventory on SQLite (docs/mysql.md): the server comes from
+``PYBATCHINTORY_TEST_MYSQL_URL`` (default: the local server's ``test`` database), each
+test gets a database of its own there (the URL's database name plus a suffix), dropped
+afterwards; a missing server skips, and fails under CI=true, as PostgreSQL does.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,12 +37,17 @@ from pybatchintory import Inventory
 PG_URL = os.environ.get(
     "PYBATCHINTORY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+MYSQL_URL = os.environ.get(
+    "PYBATCHINTORY_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
+)
 T = TypeVar("T")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _pg_problem: str | None = None
 _pg_checked = False
+_mysql_problem: str | None = None
+_mysql_checked = False
 
 
 def run_aside(coroutine: Callable[[], Awaitable[T]]) -> T:
@@ -81,6 +93,42 @@ def require_postgres() -> None:
     pytest.skip(problem)
 
 
+def mysql_problem() -> str | None:
+    """Why MySQL/MariaDB cannot be used, or None when it answers."""
+    global _mysql_checked, _mysql_problem
+    if not _mysql_checked:
+        _mysql_checked = True
+
+        async def probe() -> None:
+            engine = create_async_engine(MYSQL_URL)
+            try:
+                async with engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+            finally:
+                await engine.dispose()
+
+        try:
+            run_aside(lambda: asyncio.wait_for(probe(), 10))
+        except Exception as exc:  # any failure means "no server"
+            _mysql_problem = f"MySQL at {MYSQL_URL} unreachable: {type(exc).__name__}: {exc}"
+    return _mysql_problem
+
+
+def require_mysql() -> None:
+    problem = mysql_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {problem}; CI must run the MySQL/MariaDB suite", pytrace=False)
+    pytest.skip(problem)
+
+
+def job_options_of(inv: Inventory) -> dict[str, Any]:
+    """:attr:`Db.job_options` for helpers that have only the inventory."""
+    backend = sa.engine.make_url(inv.settings.meta_dsn).get_backend_name()
+    return {"horizon": None} if backend in ("mysql", "mariadb") else {}
+
+
 def meta_table_def(md: sa.MetaData, name: str) -> sa.Table:
     """The metadata table the tests use: id, uri, weight, category."""
     return sa.Table(
@@ -107,6 +155,21 @@ class Db:
     schema: str | None
     engine: AsyncEngine
     inventories: list[Inventory] = field(default_factory=list)
+    # The metadata tables' database when it is not the inventory's (MariaDB, meta_db)
+    meta_url: str | None = None
+    separate_meta_engine: AsyncEngine | None = None
+
+    @property
+    def meta_engine(self) -> AsyncEngine:
+        """The engine of the metadata tables: the inventory's unless they live apart."""
+        return self.separate_meta_engine or self.engine
+
+    @property
+    def job_options(self) -> dict[str, Any]:
+        """What every job reading a table here must pass: on MySQL/MariaDB the exact
+        horizon (the default) is refused, so the tests opt out as a user must
+        (docs/mysql.md); nothing elsewhere."""
+        return {"horizon": None} if self.kind == "mariadb" else {}
 
     def qualified(self, name: str) -> str:
         return f"{self.schema}.{name}" if self.schema else name
@@ -116,7 +179,7 @@ class Db:
         # about order, not time; tests/integration/test_backoff.py sets a delay.
         return {
             "inventory_url": self.url,
-            "meta_url": self.url,
+            "meta_url": self.meta_url or self.url,
             "schema_name": self.schema,
             "retry_delay_seconds": 0,
         }
@@ -133,7 +196,7 @@ class Db:
         """Create a metadata table with one row per weight; return its qualified name."""
         md = sa.MetaData(schema=self.schema)
         meta_table_def(md, name)
-        async with self.engine.begin() as conn:
+        async with self.meta_engine.begin() as conn:
             await conn.run_sync(md.create_all)
         await self.add_items(name, weights, category)
         return self.qualified(name)
@@ -147,7 +210,7 @@ class Db:
             for i, w in enumerate(weights)
         ]
         if rows:
-            async with self.engine.begin() as conn:
+            async with self.meta_engine.begin() as conn:
                 await conn.execute(sa.insert(table), rows)
 
     async def rows(self, sql: str, **params: Any) -> Sequence[sa.Row[Any]]:
@@ -186,10 +249,45 @@ def db_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def db(db_kind: str, tmp_path: Path) -> AsyncIterator[Db]:
     """A fresh database: a SQLite file, or a PostgreSQL schema of its own."""
-    if db_kind == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'test.sqlite3'}"
-        engine = create_async_engine(url)
-        database = Db("sqlite", url, None, engine)
+    async with _database(db_kind, tmp_path) as database:
+        yield database
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+async def meta_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Db]:
+    """The ``db`` of a test of the metadata side, plus a third variant: the metadata
+    tables on MySQL/MariaDB (a database of its own), the inventory on SQLite."""
+    kind = str(request.param)
+    if kind == "postgresql":
+        require_postgres()
+    elif kind == "mariadb":
+        require_mysql()
+    async with _database(kind, tmp_path) as database:
+        yield database
+
+
+@asynccontextmanager
+async def _database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
+    sqlite_url = f"sqlite+aiosqlite:///{tmp_path / 'test.sqlite3'}"
+    meta_database = None
+    if kind == "sqlite":
+        engine = create_async_engine(sqlite_url)
+        database = Db("sqlite", sqlite_url, None, engine)
+    elif kind == "mariadb":
+        base = sa.engine.make_url(MYSQL_URL)
+        meta_database = f"{base.database}_{uuid.uuid4().hex[:12]}"
+        server = create_async_engine(base)
+        try:
+            async with server.begin() as conn:
+                await conn.execute(sa.text(f"CREATE DATABASE `{meta_database}`"))
+        finally:
+            await server.dispose()
+        meta_url = base.set(database=meta_database).render_as_string(hide_password=False)
+        engine = create_async_engine(sqlite_url)
+        meta_engine = create_async_engine(meta_url)
+        database = Db(
+            "mariadb", sqlite_url, None, engine, meta_url=meta_url, separate_meta_engine=meta_engine
+        )
     else:
         schema = f"t_{uuid.uuid4().hex[:12]}"
         engine = create_async_engine(PG_URL)
@@ -204,8 +302,12 @@ async def db(db_kind: str, tmp_path: Path) -> AsyncIterator[Db]:
         if database.schema:
             async with engine.begin() as conn:
                 await conn.execute(sa.text(f'DROP SCHEMA "{database.schema}" CASCADE'))
+        if meta_database is not None:
+            async with database.meta_engine.begin() as conn:
+                await conn.execute(sa.text(f"DROP DATABASE `{meta_database}`"))
+            await database.meta_engine.dispose()
         await engine.dispose()
-        if database.kind == "sqlite" and sys.version_info >= (3, 13):
+        if database.kind != "postgresql" and sys.version_info >= (3, 13):
             _collect_known_sqlite_leak()
 
 
@@ -221,8 +323,8 @@ def _collect_known_sqlite_leak() -> None:
 
 @pytest.fixture
 def pg_only(db: Db) -> Db:
-    """The PostgreSQL database of a PostgreSQL-only test (its SQLite variant is deselected
-    at collection, not skipped)."""
+    """The PostgreSQL database of a PostgreSQL-only test (its SQLite and MariaDB variants
+    are deselected at collection, not skipped)."""
     assert db.kind == "postgresql", "the SQLite variant of a pg_only test is deselected"
     return db
 
@@ -238,13 +340,15 @@ _KNOWN_SQLITE_LEAK_313 = frozenset(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that asks for ``pg_only`` has no SQLite variant: deselect it rather than
-    report a skip that hides nothing."""
+    """A test that asks for ``pg_only`` has no SQLite (nor MariaDB) variant: deselect it
+    rather than report a skip that hides nothing."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        sqlite_variant = callspec is not None and callspec.params.get("db_kind") == "sqlite"
-        if sqlite_variant and "pg_only" in getattr(item, "fixturenames", ()):
+        params = callspec.params if callspec is not None else {}
+        kind = params.get("db_kind", params.get("meta_db"))
+        sqlite_variant = kind == "sqlite"
+        if kind in ("sqlite", "mariadb") and "pg_only" in getattr(item, "fixturenames", ()):
             dropped.append(item)
         else:
             kept.append(item)

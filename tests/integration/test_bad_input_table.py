@@ -12,6 +12,13 @@ import sqlalchemy as sa
 from pybatchintory import Inventory, PyBatchintoryError
 from tests.conftest import Db
 
+
+@pytest.fixture
+def db(meta_db: Db) -> Db:
+    """Every test here reads a metadata table: it runs on MySQL/MariaDB too."""
+    return meta_db
+
+
 ACQUIRE: list[tuple[str, dict[str, Any], str]] = [
     ("zero weight", {"weight": 0}, "weight"),
     ("negative weight", {"weight": -1}, "weight"),
@@ -109,7 +116,9 @@ async def test_a_zero_batch_count_is_named(db: Db) -> None:
     table = await db.create_meta(weights=[1])
     async with db.inventory() as inv:
         with pytest.raises(PyBatchintoryError, match="batch_count"):
-            inv.acquire_batches(source_table=table, job_identifier="j", batch_count=0)
+            inv.acquire_batches(
+                source_table=table, **db.job_options, job_identifier="j", batch_count=0
+            )
     await _nothing_written(db)
 
 
@@ -135,7 +144,7 @@ async def test_a_bad_result_is_named_and_the_batch_stays_running(
 ) -> None:
     table = await db.create_meta(weights=[1])
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j")
+        batch = await inv.acquire_batch(source_table=table, **db.job_options, job_identifier="j")
         assert batch is not None
         with pytest.raises(PyBatchintoryError, match=named):
             await batch.success(result)

@@ -22,6 +22,8 @@ async def cli(db: Db, *args: str, url: str | None = None) -> subprocess.Complete
     env["PYTHONPATH"] = str(ROOT)
     if db.schema:
         env["PYBATCHINTORY_SCHEMA_NAME"] = db.schema
+    if db.meta_url:  # the metadata tables on MariaDB (conftest.meta_db)
+        env["PYBATCHINTORY_META_URL"] = db.meta_url
     command = [sys.executable, "-m", "pybatchintory", "--inventory-url", url or db.url, *args]
     return await anyio.to_thread.run_sync(
         lambda: subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)

@@ -149,7 +149,7 @@ async def test_inventory_with_no_arguments_works_from_the_environment_alone(
 @pytest.mark.parametrize(
     "url",
     [
-        f"mysql+aiomysql://user:{SECRET}@db.example.com/lake",
+        f"oracle+oracledb://user:{SECRET}@db.example.com/lake",
         f"postgresql+asyncpg://user:{SECRET}@db.example.com:notaport/lake",
         f"user:{SECRET} at db.example.com",
     ],
@@ -256,6 +256,7 @@ async def test_an_open_inventory_with_a_password_never_shows_it(pg_only: Db) -> 
         {"max_attempts": 0},
         {"batches_table": "inventory; DROP TABLE x"},
         {"inventory_url": f"mysql+aiomysql://user:{SECRET}@db.example.com/lake"},
+        {"meta_url": f"oracle+oracledb://user:{SECRET}@db.example.com/lake"},
     ],
 )
 def test_overrides_of_given_settings_are_validated(override: dict[str, str | int]) -> None:

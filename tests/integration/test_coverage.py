@@ -16,8 +16,14 @@ from pybatchintory import (
     Job,
     SyncInventory,
 )
-from tests.conftest import Db
+from tests.conftest import Db, job_options_of
 from tests.integration.test_cli import cli, ok_json
+
+
+@pytest.fixture
+def db(meta_db: Db) -> Db:
+    """Every test here reads a metadata table: it runs on MySQL/MariaDB too."""
+    return meta_db
 
 
 def _segments(coverage: Any) -> list[tuple[str, int, int, int]]:
@@ -28,7 +34,7 @@ async def _mixed_job(inv: Inventory, table: str) -> Job:
     """Job 'convert' over ids 1..20, two ids per batch: 1..2 succeeded, 3..4 failed with
     attempts left, 5..6 out of attempts, 7..8 running, 9..10 never taken (a gap the
     window 11.. skipped), 11..14 succeeded (two batches), 15..20 after the cursor."""
-    job = Job("convert", source_table=table, weight=2, max_attempts=2)
+    job = Job("convert", source_table=table, **job_options_of(inv), weight=2, max_attempts=2)
     a = await inv.acquire_batch(job, load_items=False)
     b = await inv.acquire_batch(job, load_items=False)
     c = await inv.acquire_batch(job, max_attempts=1, load_items=False)
@@ -95,7 +101,9 @@ async def test_coverage_segments(db: Db) -> None:
         # Another generation (none yet): nothing taken there.
         assert _segments(await inv.coverage("convert", generation=1)) == [("not_taken", 1, 20, 0)]
         # The job's own window is the default.
-        windowed = Job("convert", source_table=table, weight=2, id_start=3, id_end=9)
+        windowed = Job(
+            "convert", source_table=table, **db.job_options, weight=2, id_start=3, id_end=9
+        )
         assert [s.state for s in (await inv.coverage(windowed)).segments] == [
             "retry_wait",
             "out_of_attempts",
@@ -112,7 +120,7 @@ async def test_coverage_segments(db: Db) -> None:
 async def test_coverage_after_reset_and_of_an_empty_job(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 6)
     async with db.inventory() as inv:
-        job = Job("j", source_table=table, weight=3)
+        job = Job("j", source_table=table, **db.job_options, weight=3)
         first = await inv.acquire_batch(job, load_items=False)
         assert first is not None
         await first.success()
@@ -123,10 +131,12 @@ async def test_coverage_after_reset_and_of_an_empty_job(db: Db) -> None:
             ("not_taken", 4, 6, 0),
         ]
         # A Job never acquired: all of its source is still to take.
-        fresh = await inv.coverage(Job("fresh", source_table=table))
+        fresh = await inv.coverage(Job("fresh", source_table=table, **db.job_options))
         assert (_segments(fresh), fresh.cursor) == ([("not_taken", 1, 6, 0)], None)
         # A window past the source's highest id: nothing to map, not an error.
-        beyond = await inv.coverage(Job("fresh", source_table=table, id_start=100))
+        beyond = await inv.coverage(
+            Job("fresh", source_table=table, **db.job_options, id_start=100)
+        )
         assert (beyond.id_start, beyond.id_end, beyond.segments) == (100, 6, ())
 
 
@@ -134,7 +144,7 @@ async def test_coverage_diff(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 20)
     async with db.inventory() as inv:
         await _mixed_job(inv, table)
-        other = Job("other", source_table=table, weight=4)
+        other = Job("other", source_table=table, **db.job_options, weight=4)
         one = await inv.acquire_batch(other, load_items=False)
         two = await inv.acquire_batch(other, load_items=False)
         assert one and two and (two.range_start, two.range_end) == (5, 8)
@@ -156,7 +166,9 @@ async def test_coverage_diff(db: Db) -> None:
         ]
 
         elsewhere = await db.create_meta("elsewhere", weights=[1] * 3)
-        await inv.acquire_batch(Job("far", source_table=elsewhere), load_items=False)
+        await inv.acquire_batch(
+            Job("far", source_table=elsewhere, **db.job_options), load_items=False
+        )
         with pytest.raises(InvalidArgumentError, match="different sources"):
             await inv.coverage_diff("convert", "far")
 
@@ -166,7 +178,7 @@ async def test_coverage_cli_json(db: Db) -> None:
     async with db.inventory() as inv:
         await _mixed_job(inv, table)
         other = await inv.acquire_batch(
-            Job("other", source_table=table, weight=4), load_items=False
+            Job("other", source_table=table, **db.job_options, weight=4), load_items=False
         )
         assert other is not None
         await other.success()
@@ -223,7 +235,7 @@ async def _inventory_rows(db: Db) -> list[Any]:
 async def test_plan_takes_nothing_and_matches_the_next_acquisitions(db: Db) -> None:
     table = await db.create_meta(weights=[1, 2, 1, 1, 3, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1])
     async with db.inventory() as inv:
-        job = Job("plan_job", source_table=table, weight=3, max_attempts=3)
+        job = Job("plan_job", source_table=table, **db.job_options, weight=3, max_attempts=3)
         failed = await inv.acquire_batch(job, load_items=False)
         done = await inv.acquire_batch(job, load_items=False)
         # taken last: an acquisition after its lease ran out would take it again
@@ -260,7 +272,9 @@ async def test_plan_cli_and_edges(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 5)
     async with db.inventory() as inv:
         # A Job never acquired plans from its window's start.
-        fresh = await inv.plan(Job("fresh", source_table=table, weight=2, id_start=2), next=10)
+        fresh = await inv.plan(
+            Job("fresh", source_table=table, **db.job_options, weight=2, id_start=2), next=10
+        )
         assert [(p.kind, p.range_start, p.range_end) for p in fresh] == [
             ("new", 2, 3),
             ("new", 4, 5),
@@ -268,9 +282,9 @@ async def test_plan_cli_and_edges(db: Db) -> None:
         with pytest.raises(InvalidArgumentError, match="no job 'nope'"):
             await inv.plan("nope")
         with pytest.raises(InvalidArgumentError, match="next"):
-            await inv.plan(Job("fresh", source_table=table), next=0)
+            await inv.plan(Job("fresh", source_table=table, **db.job_options), next=0)
         batch = await inv.acquire_batch(
-            Job("convert", source_table=table, weight=2), load_items=False
+            Job("convert", source_table=table, **db.job_options, weight=2), load_items=False
         )
         assert batch is not None
         await batch.success()
@@ -307,7 +321,7 @@ async def test_sync_face(db: Db) -> None:
 
     def scenario() -> None:
         with SyncInventory(**db.settings()) as inv:
-            job = Job("j", source_table=table, weight=2)
+            job = Job("j", source_table=table, **db.job_options, weight=2)
             batch = inv.acquire_batch(job, load_items=False)
             assert batch is not None
             batch.success()
@@ -317,7 +331,9 @@ async def test_sync_face(db: Db) -> None:
                 ("not_taken", 3, 6),
             ]
             assert [(p.range_start, p.range_end) for p in inv.plan("j", next=2)] == [(3, 4), (5, 6)]
-            other = inv.acquire_batch(Job("k", source_table=table, weight=4), load_items=False)
+            other = inv.acquire_batch(
+                Job("k", source_table=table, **db.job_options, weight=4), load_items=False
+            )
             assert other is not None
             other.success()
             diff = inv.coverage_diff("j", "k")
@@ -330,7 +346,7 @@ async def test_sync_face(db: Db) -> None:
 async def test_coverage_and_plan_of_a_downstream_job(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 6)
     async with db.inventory() as inv:
-        up = Job("up", source_table=table, weight=2)
+        up = Job("up", source_table=table, **db.job_options, weight=2)
         ups = [b async for b in inv.acquire_batches(up, load_items=False)]
         for batch in ups:
             await batch.success()

@@ -10,6 +10,12 @@ from pybatchintory.exceptions import JobSourceMismatchError
 from tests.conftest import Db
 
 
+@pytest.fixture
+def db(meta_db: Db) -> Db:
+    """Every test here reads a metadata table: it runs on MySQL/MariaDB too."""
+    return meta_db
+
+
 async def _table(db: Db) -> str:
     table = await db.create_meta(weights=[1] * 4, category="red")
     await db.add_items("meta", [2] * 4, category="blue")
@@ -24,10 +30,10 @@ async def test_the_same_mapping_in_another_key_order_is_the_same_job(db: Db) -> 
     # Two inventories: as two processes, each with its own reflected source.
     async with db.inventory() as a, db.inventory() as b:
         first = await a.acquire_batch(
-            source_table=table, job_identifier="j", filter=one, max_items=3
+            source_table=table, **db.job_options, job_identifier="j", filter=one, max_items=3
         )
         second = await b.acquire_batch(
-            source_table=table, job_identifier="j", filter=other, max_items=3
+            source_table=table, **db.job_options, job_identifier="j", filter=other, max_items=3
         )
         assert first is not None and second is not None
         assert first.range_end < second.range_start
@@ -42,12 +48,14 @@ async def test_an_in_list_in_another_order_is_the_same_job(db: Db) -> None:
     async with db.inventory() as a, db.inventory() as b:
         first = await a.acquire_batch(
             source_table=table,
+            **db.job_options,
             job_identifier="j",
             filter={"category": ["red", "blue"]},
             max_items=2,
         )
         second = await b.acquire_batch(
             source_table=table,
+            **db.job_options,
             job_identifier="j",
             filter={"category": ("blue", "red", "blue")},
             max_items=2,
@@ -58,7 +66,10 @@ async def test_an_in_list_in_another_order_is_the_same_job(db: Db) -> None:
         # Another filter is still another job.
         with pytest.raises(JobSourceMismatchError):
             await b.acquire_batch(
-                source_table=table, job_identifier="j", filter={"category": ["red"]}
+                source_table=table,
+                **db.job_options,
+                job_identifier="j",
+                filter={"category": ["red"]},
             )
 
 
@@ -67,7 +78,7 @@ async def test_a_filter_text_stored_in_the_old_key_order_still_matches(db: Db) -
     mapping = {"weight": 1, "category": "red"}
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(
-            source_table=table, job_identifier="j", filter=mapping, max_items=2
+            source_table=table, **db.job_options, job_identifier="j", filter=mapping, max_items=2
         )
         assert batch is not None
         await batch.success()
@@ -85,7 +96,7 @@ async def test_a_filter_text_stored_in_the_old_key_order_still_matches(db: Db) -
     async with db.inventory() as inv:
         for given in (mapping, {"category": "red", "weight": 1}):
             batch = await inv.acquire_batch(
-                source_table=table, job_identifier="j", filter=given, max_items=2
+                source_table=table, **db.job_options, job_identifier="j", filter=given, max_items=2
             )
             assert batch is not None
             await batch.success()
@@ -93,7 +104,12 @@ async def test_a_filter_text_stored_in_the_old_key_order_still_matches(db: Db) -
         assert status.backlog is not None
         with pytest.raises(JobSourceMismatchError):
             await inv.acquire_batch(
-                source_table=table, job_identifier="j", filter={"weight": 1, "category": "blue"}
+                source_table=table,
+                **db.job_options,
+                job_identifier="j",
+                filter={"weight": 1, "category": "blue"},
             )
         with pytest.raises(JobSourceMismatchError):
-            await inv.acquire_batch(source_table=table, job_identifier="j", filter={"weight": 1})
+            await inv.acquire_batch(
+                source_table=table, **db.job_options, job_identifier="j", filter={"weight": 1}
+            )

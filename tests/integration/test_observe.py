@@ -15,8 +15,14 @@ from pybatchintory import (
     JobSourceMismatchError,
     SyncInventory,
 )
-from tests.conftest import Db
+from tests.conftest import Db, job_options_of
 from tests.plans import Captured, pg_plan, scans_of, sqlite_plan
+
+
+@pytest.fixture
+def db(meta_db: Db) -> Db:
+    """Every test here reads a metadata table: it runs on MySQL/MariaDB too."""
+    return meta_db
 
 
 async def test_status_counts_batches_by_outcome_and_the_backlog_ahead(db: Db) -> None:
@@ -25,7 +31,7 @@ async def test_status_counts_batches_by_outcome_and_the_backlog_ahead(db: Db) ->
     async with db.inventory() as inv:
         b1, b2, b3, b4 = [
             await inv.acquire_batch(
-                source_table=table, job_identifier="j", weight=6, max_attempts=a
+                source_table=table, **db.job_options, job_identifier="j", weight=6, max_attempts=a
             )
             for a in (3, 1, 3, 3)
         ]
@@ -59,7 +65,9 @@ async def test_status_counts_batches_by_outcome_and_the_backlog_ahead(db: Db) ->
 async def test_backlog_respects_the_window_and_counts_a_new_job_from_the_start(db: Db) -> None:
     table = await db.create_meta(weights=[1, 2, 3, 4, 5, 6])
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        batch = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        )
         assert batch is not None and batch.range_end == 2
         await batch.success()
         windowed = await inv.status("j", id_end=4)
@@ -67,10 +75,16 @@ async def test_backlog_respects_the_window_and_counts_a_new_job_from_the_start(d
             windowed.backlog.items,
             windowed.backlog.weight,
         ) == (2, 7)
-        fresh = await inv.backlog(source_table=table, job_identifier="new", id_start=2)
+        fresh = await inv.backlog(
+            source_table=table, **db.job_options, job_identifier="new", id_start=2
+        )
         assert (fresh.items, fresh.weight) == (5, 20)
         counted = await inv.acquire_batch(
-            source_table=table, job_identifier="counted", weight_column=None, max_items=2
+            source_table=table,
+            **db.job_options,
+            job_identifier="counted",
+            weight_column=None,
+            max_items=2,
         )
         assert counted is not None and counted.weight == 2  # every item weighs 1
         await counted.success()
@@ -86,7 +100,11 @@ async def test_backlog_of_a_mapping_filtered_job_comes_from_its_stored_definitio
     await db.add_items("meta", [5] * 3, category="b")
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(
-            source_table=table, job_identifier="b", filter={"category": "b"}, max_items=1
+            source_table=table,
+            **db.job_options,
+            job_identifier="b",
+            filter={"category": "b"},
+            max_items=1,
         )
         assert batch is not None and batch.range_start == 5
         await batch.success()
@@ -107,6 +125,7 @@ async def test_backlog_of_an_expression_filtered_job_needs_its_filter_or_explici
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(
             source_table=table,
+            **db.job_options,
             job_identifier="b",
             filter=lambda t: t.c.category == "b",
             max_items=1,
@@ -128,9 +147,15 @@ async def test_jobs_lists_every_job_with_a_one_line_status(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 6)
     async with db.inventory() as inv:
         assert await inv.jobs() == []
-        ok = await inv.acquire_batch(source_table=table, job_identifier="a_ok", max_items=2)
-        busy = await inv.acquire_batch(source_table=table, job_identifier="b_busy", max_items=2)
-        bad = await inv.acquire_batch(source_table=table, job_identifier="c_bad", max_attempts=1)
+        ok = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="a_ok", max_items=2
+        )
+        busy = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="b_busy", max_items=2
+        )
+        bad = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="c_bad", max_attempts=1
+        )
         assert ok and busy and bad
         await ok.success()
         await bad.error("boom")
@@ -150,14 +175,22 @@ async def test_jobs_lists_every_job_with_a_one_line_status(db: Db) -> None:
 async def test_trace_shows_every_job_and_attempt_that_covered_an_item(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 10)
     async with db.inventory() as inv:
-        first = await inv.acquire_batch(source_table=table, job_identifier="convert", weight=4)
+        first = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="convert", weight=4
+        )
         assert first is not None and (first.range_start, first.range_end) == (1, 4)
         await first.error(ValueError("bad header in file 3"))
-        again = await inv.acquire_batch(source_table=table, job_identifier="convert", weight=4)
+        again = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="convert", weight=4
+        )
         assert again is not None and again.id == first.id and again.attempt == 2
         await again.success({"out": "converted/1-4"})
-        other = await inv.acquire_batch(source_table=table, job_identifier="index", weight=2)
-        other2 = await inv.acquire_batch(source_table=table, job_identifier="index", weight=2)
+        other = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="index", weight=2
+        )
+        other2 = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="index", weight=2
+        )
         assert other and other2 and other2.range_end == 4
         await other.success()
         await other2.success()
@@ -186,7 +219,7 @@ async def test_trace_shows_every_job_and_attempt_that_covered_an_item(db: Db) ->
 async def test_trace_lookup_uses_the_job_range_index(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 3)
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="j")
+        batch = await inv.acquire_batch(source_table=table, **db.job_options, job_identifier="j")
         assert batch is not None
         await batch.success()
         if db.kind == "postgresql":
@@ -208,7 +241,7 @@ async def test_trace_lookup_uses_the_job_range_index(db: Db) -> None:
         assert [(e.job_identifier, e.batch_id) for e in entries] == [("j", batch.id)]
         lookups = backend.matching("range_start <=", "ORDER BY", "range_start DESC", "LIMIT")
         assert len(lookups) == 1, backend.statements
-        if db.kind == "sqlite":
+        if db.url.startswith("sqlite"):  # the inventory (SQLite in the MariaDB variant too)
             detail = await sqlite_plan(inv.inventory_engine, *lookups[0])
             assert "USING INDEX ix_inventory_job_range" in detail, detail
         else:
@@ -221,7 +254,9 @@ async def test_trace_lookup_uses_the_job_range_index(db: Db) -> None:
 async def test_reset_rewinds_the_cursor_keeps_history_and_reruns(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 9)
     async with db.inventory() as inv:
-        async for batch in inv.acquire_batches(source_table=table, job_identifier="j", weight=3):
+        async for batch in inv.acquire_batches(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        ):
             await batch.success()
         result = await inv.reset("j", to_id=3)
         assert (result.old_cursor, result.new_cursor, result.generation) == (9, 3, 1)
@@ -248,7 +283,9 @@ async def test_reset_rewinds_the_cursor_keeps_history_and_reruns(db: Db) -> None
 
 
 async def _succeed_all(inv, table, job):  # type: ignore[no-untyped-def]
-    async for batch in inv.acquire_batches(source_table=table, job_identifier=job, weight=3):
+    async for batch in inv.acquire_batches(
+        source_table=table, **job_options_of(inv), job_identifier=job, weight=3
+    ):
         await batch.success()
         yield batch
 
@@ -258,7 +295,9 @@ async def test_reset_refuses_running_batches_unless_forced_and_the_worker_loses_
 ) -> None:
     table = await db.create_meta(weights=[1] * 6)
     async with db.inventory() as inv:
-        running = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        running = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        )
         assert running is not None
         with pytest.raises(BatchStateError, match="1 running batch"):
             await inv.reset("j")
@@ -268,7 +307,9 @@ async def test_reset_refuses_running_batches_unless_forced_and_the_worker_loses_
         assert result.superseded == (running.id,)
         with pytest.raises(BatchLostError):
             await running.success()
-        again = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        again = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        )
         assert again is not None and (again.range_start, again.attempt) == (1, 1)
         assert again.id != running.id
         await again.success()
@@ -279,9 +320,13 @@ async def test_reset_refuses_running_batches_unless_forced_and_the_worker_loses_
 async def test_reset_keeps_failed_batches_below_the_point_to_be_finished(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 9)
     async with db.inventory() as inv:
-        failing = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        failing = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        )
         rest = [
-            await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+            await inv.acquire_batch(
+                source_table=table, **db.job_options, job_identifier="j", weight=3
+            )
             for _ in range(2)
         ]
         assert failing is not None and all(rest)
@@ -298,10 +343,14 @@ async def test_reset_keeps_failed_batches_below_the_point_to_be_finished(db: Db)
 
         result = await inv.reset("j", to_id=6)
         assert result.carried == (failing.id,)
-        retried = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        retried = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        )
         assert retried is not None and (retried.id, retried.attempt) == (failing.id, 2)
         await retried.success()
-        new = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        new = await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="j", weight=3
+        )
         assert new is not None and (new.range_start, new.range_end) == (7, 9)
         await new.success()
 
@@ -313,7 +362,7 @@ async def test_retry_and_reset_log_structured_fields(
     caplog.set_level(logging.INFO, logger="pybatchintory")
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(
-            source_table=table, job_identifier="j", weight=2, max_attempts=1
+            source_table=table, **db.job_options, job_identifier="j", weight=2, max_attempts=1
         )
         assert batch is not None
         await batch.error("boom")
@@ -347,11 +396,13 @@ async def test_sync_acquire_batches_draws_a_progress_bar_sized_by_the_backlog(
 
     def run() -> None:
         with SyncInventory(**db.settings()) as inv:
-            first = inv.acquire_batch(source_table=table, job_identifier="j", weight=10)
+            first = inv.acquire_batch(
+                source_table=table, **db.job_options, job_identifier="j", weight=10
+            )
             assert first is not None
             first.success()
             for batch in inv.acquire_batches(
-                source_table=table, job_identifier="j", weight=10, progress=True
+                source_table=table, **db.job_options, job_identifier="j", weight=10, progress=True
             ):
                 batch.success()
 

@@ -12,6 +12,12 @@ from pybatchintory import Inventory
 from tests.conftest import Db
 
 
+@pytest.fixture
+def db(meta_db: Db) -> Db:
+    """Every test here reads a metadata table: it runs on MySQL/MariaDB too."""
+    return meta_db
+
+
 async def _drain(inv: Inventory, upstream: str, job: str, weight: float) -> list[list[int]]:
     """Acquire and succeed every batch the job can take now; return each batch's item ids."""
     taken = []
@@ -30,7 +36,11 @@ async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it
         convert = []
         for _ in range(4):
             batch = await inv.acquire_batch(
-                source_table=raw, job_identifier="convert", weight=3, max_attempts=1
+                source_table=raw,
+                **db.job_options,
+                job_identifier="convert",
+                weight=3,
+                max_attempts=1,
             )
             assert batch is not None
             convert.append(batch)
@@ -52,7 +62,9 @@ async def test_a_three_job_chain_waits_for_a_failed_upstream_batch_then_takes_it
 
         # The failed upstream batch succeeds on retry: same range, second attempt.
         assert await inv.retry("convert") == [c2.id]
-        again = await inv.acquire_batch(source_table=raw, job_identifier="convert", weight=3)
+        again = await inv.acquire_batch(
+            source_table=raw, **db.job_options, job_identifier="convert", weight=3
+        )
         assert again is not None
         assert (again.id, again.attempt, again.range_start, again.range_end) == (c2.id, 2, 4, 6)
         await again.success()
@@ -102,8 +114,12 @@ class _BatchRef:
 async def test_a_running_upstream_batch_holds_the_downstream_until_it_succeeds(db: Db) -> None:
     raw = await db.create_meta("raw", weights=[1] * 6)
     async with db.inventory() as inv:
-        slow = await inv.acquire_batch(source_table=raw, job_identifier="up", weight=2)
-        fast = await inv.acquire_batch(source_table=raw, job_identifier="up", weight=2)
+        slow = await inv.acquire_batch(
+            source_table=raw, **db.job_options, job_identifier="up", weight=2
+        )
+        fast = await inv.acquire_batch(
+            source_table=raw, **db.job_options, job_identifier="up", weight=2
+        )
         assert slow is not None and fast is not None
         await fast.success()
         assert await inv.acquire_batch(source_job="up", job_identifier="down") is None
@@ -125,7 +141,7 @@ async def test_a_downstream_batch_with_a_filtered_root_needs_the_root_filter(db:
     await db.add_items("raw", [1] * 3, category="b")
     async with db.inventory() as inv:
         up = await inv.acquire_batch(
-            source_table=raw, job_identifier="up", filter={"category": "b"}
+            source_table=raw, **db.job_options, job_identifier="up", filter={"category": "b"}
         )
         assert up is not None and up.item_count == 3
         await up.success()
@@ -138,13 +154,15 @@ async def test_a_downstream_batch_with_a_filtered_root_needs_the_root_filter(db:
         await down.success()
 
 
-@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("meta_db", ["postgresql"], indirect=True)
 async def test_concurrent_downstream_acquisitions_do_not_starve_a_small_pool(db: Db) -> None:
     # A downstream job plans on the inventory engine. Planning on a second pooled
     # connection while waiters hold the others used to wait out the pool timeout.
     table = await db.create_meta(weights=[1] * 12)
     async with db.inventory(pool_size=1) as inv:
-        while up := await inv.acquire_batch(source_table=table, job_identifier="up", weight=1):
+        while up := await inv.acquire_batch(
+            source_table=table, **db.job_options, job_identifier="up", weight=1
+        ):
             await up.success()
 
         async def take() -> int:

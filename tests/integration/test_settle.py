@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 from pybatchintory import InvalidArgumentError, UnknownColumnError
 from tests.conftest import Db
@@ -19,23 +21,43 @@ def _table(db: Db) -> sa.Table:
         sa.MetaData(schema=db.schema),
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
         sa.Column("weight", sa.Double, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+            nullable=False,
+        ),
     )
 
 
-def _stamp(db: Db, moment: datetime) -> datetime:
-    # SQLite keeps naive UTC text; PostgreSQL a timestamptz.
-    return moment.replace(tzinfo=None) if db.kind == "sqlite" else moment
+@pytest.fixture
+def db(meta_db: Db) -> Db:
+    """The settle lag is SQL on the metadata table: every test runs on MariaDB too."""
+    return meta_db
+
+
+async def _stamp(db: Db, moment: datetime) -> datetime:
+    """The value a writer stores: SQLite keeps naive UTC text; PostgreSQL a timestamptz;
+    a MySQL DATETIME the session's local time, as DEFAULT CURRENT_TIMESTAMP fills it
+    (the settle lag compares with NOW(), docs/mysql.md)."""
+    if db.kind == "sqlite":
+        return moment.replace(tzinfo=None)
+    if db.kind == "mariadb":
+        async with db.meta_engine.connect() as conn:
+            offset = await conn.scalar(
+                sa.text("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW())")
+            )
+        return (moment + timedelta(seconds=int(offset))).replace(tzinfo=None)
+    return moment
 
 
 async def _events(db: Db, created: list[datetime]) -> str:
     table = _table(db)
-    async with db.engine.begin() as conn:
+    rows = [
+        {"id": i, "weight": 1, "created_at": await _stamp(db, c)} for i, c in enumerate(created, 1)
+    ]
+    async with db.meta_engine.begin() as conn:
         await conn.run_sync(table.metadata.create_all)
-        await conn.execute(
-            sa.insert(table),
-            [{"id": i, "weight": 1, "created_at": _stamp(db, c)} for i, c in enumerate(created, 1)],
-        )
+        await conn.execute(sa.insert(table), rows)
     return db.qualified("events")
 
 
@@ -53,9 +75,10 @@ async def test_the_job_stops_before_a_row_still_settling_even_with_older_rows_ab
         await first.success()
         assert await inv.acquire_batch(source_table=table, job_identifier="inc", **settle) is None
 
-        async with db.engine.begin() as conn:  # row 4 settles
+        old = await _stamp(db, OLD)
+        async with db.meta_engine.begin() as conn:  # row 4 settles
             t = _table(db)
-            await conn.execute(sa.update(t).where(t.c.id == 4).values(created_at=_stamp(db, OLD)))
+            await conn.execute(sa.update(t).where(t.c.id == 4).values(created_at=old))
         rest = await inv.acquire_batch(source_table=table, job_identifier="inc", **settle)
         assert rest is not None and (rest.range_start, rest.range_end) == (4, 6)
         assert [item["id"] for item in rest.items] == [4, 5, 6]
@@ -65,7 +88,9 @@ async def test_the_job_stops_before_a_row_still_settling_even_with_older_rows_ab
 async def test_without_a_settle_lag_every_visible_row_is_taken(db: Db) -> None:
     table = await _events(db, [OLD, datetime.now(timezone.utc), OLD])
     async with db.inventory() as inv:
-        batch = await inv.acquire_batch(source_table=table, job_identifier="eager")
+        batch = await inv.acquire_batch(
+            source_table=table, job_identifier="eager", **db.job_options
+        )
         assert batch is not None and (batch.range_start, batch.range_end) == (1, 3)
         await batch.success()
 
@@ -90,3 +115,20 @@ async def test_settle_arguments_are_checked_before_anything_is_written(db: Db) -
                 source_table=table, job_identifier="j", settle_column="nope", settle_seconds=60
             )
     assert await db.scalar("SELECT count(*) FROM {s}inventory_jobs") == 0
+
+
+async def test_a_lag_of_a_fraction_of_a_second_is_not_truncated(db: Db) -> None:
+    # A lag below one second: the database's time arithmetic must keep the fraction
+    # (MySQL's INTERVAL in whole microseconds, PostgreSQL's make_interval, SQLite's
+    # modifiers); truncated to 0 s it would take row 2 at once. Row 2 is stamped 0.3 s
+    # old just before the acquisition, so it is still settling under a 0.9 s lag.
+    settle = {"settle_column": "created_at", "settle_seconds": 0.9}
+    async with db.inventory() as inv:
+        table = await _events(db, [OLD, datetime.now(timezone.utc) - timedelta(seconds=0.3)])
+        first = await inv.acquire_batch(source_table=table, job_identifier="j", **settle)
+        assert first is not None and (first.range_start, first.range_end) == (1, 1)
+        await first.success()
+        await asyncio.sleep(1.0)  # row 2 settles
+        second = await inv.acquire_batch(source_table=table, job_identifier="j", **settle)
+        assert second is not None and (second.range_start, second.range_end) == (2, 2)
+        await second.success()
