@@ -7,8 +7,9 @@ import sqlalchemy as sa
 
 from ._statements import frontier
 from ._storage import Storage
+from .job import Job
 
-__all__ = ["frontier_reason", "nothing_new_reason", "window_reason"]
+__all__ = ["frontier_reason", "nothing_new_reason", "time_window_reason", "window_reason"]
 
 
 def window_reason(cursor: int | None, id_start: int | None, id_end: int | None) -> str | None:
@@ -46,3 +47,13 @@ def nothing_new_reason(cursor: int | None, upper: int | None) -> str:
     after = "yet" if cursor is None else f"after id {cursor}"
     bound = "" if upper is None else f" up to id {upper}"
     return f"nothing new: no matching item {after}{bound}"
+
+
+def time_window_reason(job: Job) -> str:
+    """No row of the source lies in the job's time window."""
+    since = "-" if job.since is None else job.since.isoformat()
+    until = "-" if job.until is None else job.until.isoformat()
+    return (
+        f"nothing in the time window: no row of {job.source_table} has {job.time_column} "
+        f"in [{since}, {until})"
+    )

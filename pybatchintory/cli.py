@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import anyio
@@ -97,6 +97,28 @@ def _count(value: str) -> int:
     return number
 
 
+def _moment(value: str) -> datetime:
+    """An argparse type: an ISO 8601 date or time; without an offset, UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or time: {value!r} (ISO 8601: 2024-03-01, 2024-03-01T12:00+02:00)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _time_window(parser: argparse.ArgumentParser) -> None:
+    """``--since``/``--until``/``--time-column`` (docs/cli.md, time windows)."""
+    parser.add_argument(
+        "--since", type=_moment, help="only rows at or after this time (ISO 8601; no offset: UTC)"
+    )
+    parser.add_argument("--until", type=_moment, help="only rows before this time")
+    parser.add_argument(
+        "--time-column", default=None, help="the source's timestamp column (default: the job's)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pybatchintory`` command."""
     common = _common()
@@ -126,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the job's stored filter SQL on the metadata database to count its backlog",
     )
+    _time_window(status)
     trace = commands.add_parser("trace", parents=[common], help="every batch that covered an item")
     trace.add_argument("table", help="the metadata table ('table' or 'schema.table')")
     trace.add_argument("id", type=_item_id, help="the item's id")
@@ -151,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument(
         "--versus", metavar="JOB", help="compare with another job over the same source"
     )
+    _time_window(coverage)
     plan = commands.add_parser(
         "plan", parents=[common], help="the next batches an acquisition would take, taking nothing"
     )
@@ -478,6 +502,9 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
                 id_end=args.id_end,
                 weight_column=args.weight_column,
                 trust_stored_filter=args.trust_stored_filter,
+                time_column=args.time_column,
+                since=args.since,
+                until=args.until,
             )
             return status.as_dict(), _status_text(status)
         if args.command == "trace":
@@ -494,7 +521,13 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
                 )
                 return diff.as_dict(), _diff_text(diff)
             cov = await inventory.coverage(
-                args.job, id_start=args.id_start, id_end=args.id_end, generation=args.generation
+                args.job,
+                id_start=args.id_start,
+                id_end=args.id_end,
+                generation=args.generation,
+                time_column=args.time_column,
+                since=args.since,
+                until=args.until,
             )
             return cov.as_dict(), _coverage_text(cov)
         if args.command == "plan":
