@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ._engines import backend_errors, read_connection
+from ._forecast import forecast_of
 from ._horizon import report
 from ._idle import frontier_reason, nothing_new_reason, window_reason
 from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
@@ -226,6 +227,7 @@ async def job_status(
             f"{_cell(horizon.highest_visible_id)}): {len(horizon.held_by)} open writer "
             "transaction(s) may still commit lower ids"
         )
+    forecast = await forecast_of(store, name, backlog, definition)
     return JobStatus(
         job_identifier=row.job_identifier,
         source_kind=row.source_kind,
@@ -254,6 +256,7 @@ async def job_status(
         definition=stored_definition,
         idle_reason=idle,
         horizon=horizon,
+        forecast=forecast,
     )
 
 

@@ -23,6 +23,7 @@ import anyio
 
 from . import _migrations
 from ._engines import create_engine
+from ._progress import duration
 from ._tables import build_tables
 from .config import Settings, hide_password
 from .exceptions import BackendError, InvalidArgumentError, PyBatchintoryError
@@ -305,6 +306,8 @@ def _status_text(s: Any) -> str:
         pairs.insert(2, ("budget", budget or "unbounded"))
         if d.get("weight_column"):
             pairs.insert(3, ("weight column", d["weight_column"]))
+    if s.forecast is not None:
+        pairs.append(("forecast", _forecast_text(s.forecast, unit)))
     if s.source_kind == "job":
         pairs.insert(3, ("upstream frontier", s.frontier_batch_id))
     if s.idle_reason:
@@ -314,6 +317,27 @@ def _status_text(s: Any) -> str:
     if s.horizon is not None:
         pairs += _horizon_pairs(s.horizon)
     return _pairs(pairs)
+
+
+def _forecast_text(f: Any, unit: str | None) -> str:
+    """``~6 batches, ETA 30s, done at ...; pace 2 weight/s, 0.2 items/s, 2.0 at once
+    (4 recent batches)``."""
+    if f.batches == 0:
+        return "nothing left"
+    parts = ["batches unknown" if f.batches is None else f"~{_plural(f.batches, 'batch')}"]
+    if f.eta_seconds is not None:
+        parts.append(f"ETA {duration(f.eta_seconds)}, done at {_cell(f.finishes_at)}")
+    if f.basis != "history":
+        return ", ".join(parts) + " (by the budget: no succeeded batch to measure the pace on)"
+    per_second = (
+        f"{_weight(f.weight_per_second, unit)}/s"
+        if unit == "bytes"
+        else f"{f.weight_per_second:,.3g} weight/s, {f.items_per_second:,.3g} items/s"
+    )
+    pace = (
+        f"{per_second}, {f.concurrency:.1f} at once ({_plural(f.sample_batches, 'recent batch')})"
+    )
+    return f"{', '.join(parts)}; pace {pace}"
 
 
 def _horizon_pairs(h: Any) -> list[tuple[str, Any]]:

@@ -24,12 +24,14 @@ from ._engines import (
     create_engine,
     write_transaction,
 )
+from ._forecast import forecast_of
 from ._idle import frontier_reason, nothing_new_reason, time_window_reason, window_reason
 from ._plan import plan_batches
 from ._reports import (
     Backlog,
     Coverage,
     CoverageDiff,
+    Forecast,
     JobStatus,
     JobSummary,
     PlannedBatch,
@@ -370,6 +372,37 @@ class Inventory:
         job = await self._job_of_call(source_table, job_identifier, arguments)
         source = await store.counting_source(job)
         return await backlog_of(store, source, job.job_identifier, job.id_start, job.id_end)
+
+    @overload
+    async def forecast(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Forecast: ...
+
+    @overload
+    async def forecast(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Unpack[JobArguments],
+    ) -> Forecast: ...
+
+    async def forecast(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Any,
+    ) -> Forecast:
+        """The job's :meth:`backlog` as a number of batches and an ETA, at the pace of
+        its recent history (the succeeded batches among its last 100): see
+        :class:`Forecast`. Takes the arguments of :meth:`backlog`."""
+        job = await self._job_of_call(source_table, job_identifier, arguments)
+        return (await self.backlog_and_forecast(job))[1]
+
+    async def backlog_and_forecast(self, job: Job) -> tuple[Backlog, Forecast]:
+        """:meth:`backlog` and :meth:`forecast` of ``job``, counted once (a progress bar
+        needs both)."""
+        store = self.storage
+        source = await store.counting_source(job)
+        backlog = await backlog_of(store, source, job.job_identifier, job.id_start, job.id_end)
+        return backlog, await forecast_of(store, job.job_identifier, backlog, job)
 
     async def iter_source_items(
         self,
