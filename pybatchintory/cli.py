@@ -540,6 +540,11 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
                     raise InvalidArgumentError(
                         "--generation and --versus cannot be combined: a comparison is of current generations"
                     )
+                if args.since is not None or args.until is not None:
+                    raise InvalidArgumentError(
+                        "--since/--until and --versus cannot be combined: compare on ids "
+                        "(--id-start, --id-end)"
+                    )
                 diff = await inventory.coverage_diff(
                     args.job, args.versus, id_start=args.id_start, id_end=args.id_end
                 )

@@ -4,9 +4,11 @@ times are not in id order: a backfill processes exactly the rows of its window."
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 
@@ -15,6 +17,7 @@ from pybatchintory import (
     Inventory,
     Job,
     JobSourceMismatchError,
+    SyncInventory,
     UnknownColumnError,
 )
 from tests.conftest import Db
@@ -273,6 +276,8 @@ async def test_the_cli_takes_since_and_until(db: Db) -> None:
     assert cov["id_start"] == min(i for i in range(1, ROWS + 1) if _time_of(i) >= MARCH)
     bad = await cli(db, "status", "all", "--since", "2024-04-01", "--until", "2024-03-01")
     assert bad.returncode == 2 and "must be before until" in bad.stderr
+    versus = await cli(db, "coverage", "all", "--versus", "all", "--since", "2024-03-01")
+    assert versus.returncode == 2 and "cannot be combined" in versus.stderr
     garbled = await cli(db, "status", "all", "--since", "March")
     assert garbled.returncode == 2 and "not a date" in garbled.stderr
 
@@ -320,3 +325,24 @@ async def test_the_time_windows_ids_are_an_index_only_scan_of_the_window(pg_only
     assert [s["Node Type"] for s in scans] == ["Index Only Scan"], json.dumps(plan)[:2000]
     assert scans[0]["Index Name"] == "timed_created_id"
     assert scans[0]["Actual Rows"] == 1000  # the day's rows: 1 in 100
+
+
+async def test_the_sync_face_takes_time_windows(db: Db) -> None:
+    table = await _events(db)
+
+    def scenario() -> None:
+        with SyncInventory(**db.settings()) as inv:
+            job = Job("all", source_table=table, weight=6, time_column="created_at")
+            cov = inv.coverage(job, since=MARCH, until=APRIL)
+            assert (cov.id_start, cov.id_end) == (IN_MARCH[0], IN_MARCH[-1])
+            forecast = inv.forecast(job, since=MARCH, until=APRIL)
+            assert (forecast.basis, forecast.eta_seconds) == ("budget", None)
+            assert forecast.batches == math.ceil(sum(_weight_of(i) for i in IN_MARCH) / 6)
+            first = inv.acquire_batch(job)
+            assert first is not None
+            first.success()
+            march = inv.status(job, since=MARCH, until=APRIL)
+            ahead = [i for i in IN_MARCH if i > first.range_end]
+            assert march.backlog is not None and march.backlog.items == len(ahead)
+
+    await anyio.to_thread.run_sync(scenario)
