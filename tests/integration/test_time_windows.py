@@ -121,6 +121,7 @@ async def test_a_backfill_processes_exactly_the_rows_of_its_time_window(
         ]
         assert await inv.acquire_batch(job) is None
         assert "window done" in (inv.idle_reasons["march"])
+        assert await inv.plan("march") == []  # by name: the stored window, bound alike
 
         # By name: the stored definition carries the window, so the backlog is March's.
         status = await inv.status("march")
