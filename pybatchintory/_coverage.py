@@ -10,11 +10,14 @@ it (no matching item when the range after it was planned, or ids a window skippe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from ._engines import backend_errors
 from ._reports import Coverage, CoverageDiff, CoverageSegment, DiffSegment
+from ._source import narrowed
 from ._storage import Storage
 from .exceptions import BackendError, InvalidArgumentError, UnknownTableError
 from .job import Job
@@ -43,12 +46,50 @@ async def job_coverage(
     id_start: int | None = None,
     id_end: int | None = None,
     generation: int | None = None,
+    time_column: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Coverage:
     """The coverage of ``job`` (see :class:`Coverage`)."""
     definition, row, _ = await store.job_of(job)
     gen = _generation(row, generation)
+    if _timed(definition, since, until):
+        # the time window's ids, within the id window given (or the job's)
+        ids = await _time_window_ids(store, definition, time_column, since, until)
+        lo_given = _check_id(id_start, "id_start")
+        hi_given = _check_id(id_end, "id_end")
+        lo_given = definition.id_start if lo_given is None else lo_given
+        hi_given = definition.id_end if hi_given is None else hi_given
+        if ids is not None:
+            id_start = ids[0] if lo_given is None else max(lo_given, ids[0])
+            id_end = ids[1] if hi_given is None else min(hi_given, ids[1])
+        if ids is None or id_start > id_end:  # type: ignore[operator]
+            cursor = None if row is None else row.cursor
+            return Coverage(definition.job_identifier, gen, cursor, None, None, ())
     lo, hi = await _window(store, definition, row, gen, id_start, id_end)
     return await _coverage(store, definition, row, gen, lo, hi)
+
+
+def _timed(job: Job, since: datetime | None, until: datetime | None) -> bool:
+    """Whether a time window applies: the call's, or the job's own."""
+    windows = ((since, until), (job.since, job.until))
+    return job.source_table is not None and any(w != (None, None) for w in windows)
+
+
+async def _time_window_ids(
+    store: Storage,
+    job: Job,
+    time_column: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> tuple[int, int] | None:
+    """The lowest and highest id of the rows in the job's time window and the call's
+    (None: no row)."""
+    source = narrowed(
+        await store.counting_source(job), time_column or job.time_column, since, until
+    )
+    async with backend_errors("reading the ids of the time window", source.engine):
+        return await source.time_window_ids()
 
 
 async def coverage_diff(

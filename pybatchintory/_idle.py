@@ -10,12 +10,14 @@ import sqlalchemy as sa
 from ._statements import current_generation, frontier
 from ._storage import Storage
 from ._tables import unfinished
+from .job import Job
 
 __all__ = [
     "backoff_reason",
     "frontier_reason",
     "nothing_new_reason",
     "paused_reason",
+    "time_window_reason",
     "window_reason",
 ]
 
@@ -92,4 +94,14 @@ async def backoff_reason(store: Storage, job: str) -> str | None:
     return (
         f"failed batch {row.id} waits for its retry until "
         f"{row.retry_after.isoformat(sep=' ', timespec='seconds')} (backoff)"
+    )
+
+
+def time_window_reason(job: Job) -> str:
+    """No row of the source lies in the job's time window."""
+    since = "-" if job.since is None else job.since.isoformat()
+    until = "-" if job.until is None else job.until.isoformat()
+    return (
+        f"nothing in the time window: no row of {job.source_table} has {job.time_column} "
+        f"in [{since}, {until})"
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ._engines import backend_errors
 from ._reports import PlannedBatch
 from ._source import SourceBinding
 from ._statements import db_now, due_again, lease_expired
@@ -51,11 +52,17 @@ async def plan_batches(store: Storage, job: Job | str, count: int) -> list[Plann
     cursor = None if row is None else row.cursor
     if cursor is not None and cursor >= _HIGHEST:
         return planned  # the cursor is at the highest 64-bit id: no id after it
-    starts = [
-        v for v in (definition.id_start, None if cursor is None else cursor + 1) if v is not None
-    ]
+    lower, upper = definition.id_start, definition.id_end
+    if source.time_window is not None:
+        # the bounds an acquisition reads when it starts (inventory._run_window)
+        async with backend_errors("reading the ids of the time window", source.engine):
+            ids = await source.time_window_ids()
+        if ids is None:
+            return planned
+        lower = ids[0] if lower is None else max(lower, ids[0])
+        upper = ids[1] if upper is None else min(upper, ids[1])
+    starts = [v for v in (lower, None if cursor is None else cursor + 1) if v is not None]
     start = max(starts, default=_LOWEST)
-    upper = definition.id_end
     while len(planned) < wanted and (upper is None or start <= upper):
         plan = await source.plan(start, upper, definition.weight, definition.max_items)
         if plan is None:

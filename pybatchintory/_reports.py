@@ -65,6 +65,30 @@ class HorizonReport(_AsDict):
 
 
 @dataclass(frozen=True)
+class Forecast(_AsDict):
+    """The backlog as batches and an ETA, at the pace of the job's recent history.
+
+    The pace is measured on the succeeded batches among the job's last 100 (by range):
+    ``weight_per_second`` and ``items_per_second`` of busy time (while at least one of
+    them ran; idle gaps between runs do not count), ``concurrency`` (how many ran at
+    once on average), ``mean_batch_seconds``. ``batches``: the backlog over the mean
+    batch (``basis`` ``"history"``), or over the budget when the job has no history
+    (``"budget"``). ``eta_seconds``/``finishes_at``: the backlog at that pace, with as
+    many workers as recently (None without history or backlog). New ranges only:
+    retries come on top."""
+
+    sample_batches: int
+    weight_per_second: float | None
+    items_per_second: float | None
+    concurrency: float | None
+    mean_batch_seconds: float | None
+    batches: int | None
+    eta_seconds: float | None
+    finishes_at: datetime | None
+    basis: str
+
+
+@dataclass(frozen=True)
 class JobStatus(_AsDict):
     """A job's state: its source, cursor, batches by status and its backlog.
 
@@ -116,6 +140,8 @@ class JobStatus(_AsDict):
     paused_at: datetime | None = None
     """Set while the job is paused: acquisitions hand out nothing."""
     pause_reason: str | None = None
+    forecast: Forecast | None = None
+    """The backlog as batches and an ETA at the job's recent pace (see :class:`Forecast`)."""
 
 
 @dataclass(frozen=True)

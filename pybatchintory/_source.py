@@ -7,11 +7,13 @@ whatever the size of the table (docs/design.md, invariant 6).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -41,7 +43,9 @@ __all__ = [
     "SourceBinding",
     "check_table",
     "job_source",
+    "narrowed",
     "reflect_table_source",
+    "time_predicate",
 ]
 
 # Marks a filter text whose bound values could not be rendered: not runnable SQL.
@@ -197,6 +201,9 @@ class Source:
     page_hint: int = field(default=_FIRST_PAGE)
     # planning only: never plan past the exact horizon (PostgreSQL; docs/design-horizon.md)
     horizon: Horizon | None = None
+    # the job's time window alone (also inside ``where``): its rows' lowest and highest id
+    # bound the run (see time_window_ids)
+    time_window: sa.ColumnElement[bool] | None = None
 
     def __post_init__(self) -> None:
         # Built once per source: a statement object memoizes its cache key, so executing
@@ -233,6 +240,14 @@ class Source:
         async with read_connection(self.engine) as conn:
             value = await conn.scalar(self._max_id)
         return None if value is None else int(value)
+
+    async def time_window_ids(self) -> tuple[int, int] | None:
+        """The lowest and highest id of the rows in the job's time window (None: no row),
+        read once when a run starts; the time predicate in ``where`` keeps the rows of
+        other times between them out (docs/observability.md, time windows)."""
+        if self.time_window is None:
+            raise AssertionError("the source has no time window")
+        return await window_ids(self.engine, self.table, self.id_col, self.time_window)
 
     async def plan(
         self,
@@ -504,6 +519,9 @@ async def reflect_table_source(
     settle_column: str | None = None,
     settle_seconds: float | None = None,
     horizon: bool = False,
+    time_column: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Source:
     """Reflect ``source_table`` and check every named column and the filter.
 
@@ -525,12 +543,18 @@ async def reflect_table_source(
     else:
         items = [_column(table, c, "item", (sa.types.TypeEngine,)) for c in item_columns]
     where = build_filter(table, filter)
+    legacy = legacy_clause_texts(table, filter, engine.dialect)
+    window = None
+    if time_column is not None:
+        window = time_predicate(table, time_column, since, until)
+        if since is not None or until is not None:
+            # Part of the row predicate, and of the job's binding, like the filter: the
+            # window decides which rows a range holds. A column alone changes nothing.
+            where = sa.and_(where, window)
+            if legacy:
+                legacy = (*legacy, frozenset({filter_text(window, engine.dialect)}))
     binding = SourceBinding(
-        "table",
-        table.fullname,
-        id_column,
-        filter_text(where, engine.dialect),
-        legacy_clause_texts(table, filter, engine.dialect),
+        "table", table.fullname, id_column, filter_text(where, engine.dialect), legacy
     )
     bound = None
     if settle_column is not None and settle_seconds is not None:
@@ -550,7 +574,91 @@ async def reflect_table_source(
             "the job by settle_column/settle_seconds (a settle lag), or pass horizon=None "
             "to plan up to the highest visible id and accept that hazard (docs/mysql.md)"
         )
-    return Source(engine, table, id_col, weight_col, where, items, binding, bound, horizon=exact)
+    return Source(
+        engine,
+        table,
+        id_col,
+        weight_col,
+        where,
+        items,
+        binding,
+        bound,
+        horizon=exact,
+        time_window=window if since is not None or until is not None else None,
+    )
+
+
+def time_predicate(
+    table: sa.Table | sa.FromClause, column: str, since: datetime | None, until: datetime | None
+) -> sa.ColumnElement[bool]:
+    """``since <= time_column < until`` (either bound may be open); NULL times are out.
+
+    The bounds are timezone-aware UTC (checked by the Job); a column without a time zone
+    (and SQLite's, which stores text) is compared with them as UTC wall-clock times.
+    """
+    if column not in table.c:
+        raise UnknownColumnError(
+            f"time column {column!r} does not exist in table "
+            f"{getattr(table, 'fullname', table)!r}; its columns are: {', '.join(table.c.keys())}"
+        )
+    col = table.c[column]
+    if not isinstance(col.type, sa.DateTime):
+        raise UnknownColumnError(
+            f"time column {column!r} has type {col.type}; it must be a timestamp "
+            "(DATETIME, TIMESTAMP or TIMESTAMP WITH TIME ZONE)"
+        )
+    aware = bool(getattr(col.type, "timezone", False))
+
+    def bound(moment: datetime) -> datetime:
+        moment = moment.astimezone(timezone.utc)
+        return moment if aware else moment.replace(tzinfo=None)
+
+    clauses: list[sa.ColumnElement[bool]] = []
+    if since is not None:
+        clauses.append(col >= bound(since))
+    if until is not None:
+        clauses.append(col < bound(until))
+    return sa.and_(*clauses) if clauses else sa.true()
+
+
+def narrowed(
+    source: Source, time_column: str | None, since: datetime | None, until: datetime | None
+) -> Source:
+    """``source`` seen through a time window given for one call (status, coverage): the
+    window is ANDed to its rows, its binding unchanged (a view, not another job)."""
+    if since is None and until is None:
+        return source
+    if time_column is None:
+        raise InvalidArgumentError(
+            "since/until need time_column: the job has none, so name the source's timestamp "
+            "column (time_column='created_at', --time-column created_at)"
+        )
+    window = time_predicate(source.table, time_column, since, until)
+    both = window if source.time_window is None else sa.and_(source.time_window, window)
+    return dataclasses.replace(source, where=sa.and_(source.where, window), time_window=both)
+
+
+async def window_ids(
+    engine: AsyncEngine,
+    table: sa.Table | sa.FromClause,
+    id_col: sa.ColumnElement[int],
+    predicate: sa.ColumnElement[bool],
+) -> tuple[int, int] | None:
+    """``min(id), max(id)`` of the rows matching ``predicate`` (a time window), or None.
+
+    Not one index step: a B-tree on the time column is ordered by time, not by id, so
+    the lowest id of a time range is found by reading the range's index entries (an
+    index-only scan with an index on ``(time_column, id)``), in proportion to the rows
+    in the window, once per run. Without such an index it is a scan of the table."""
+    # ``id + 0``: PostgreSQL would otherwise walk the primary key from each end, testing
+    # each row's time, which is quick when the window's rows are spread over all ids but
+    # reads every row before the window when times follow ids (the usual case) and the
+    # window is late. Its cost would depend on where the rows lie; this one does not.
+    key = id_col + 0
+    query = sa.select(sa.func.min(key), sa.func.max(key)).select_from(table).where(predicate)
+    async with read_connection(engine) as conn:
+        low, high = (await conn.execute(query)).one()
+    return None if low is None or high is None else (int(low), int(high))
 
 
 def settle_bound(

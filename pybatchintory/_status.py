@@ -16,15 +16,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from ._engines import backend_errors, read_connection
+from ._forecast import forecast_of
 from ._horizon import report
 from ._idle import frontier_reason, nothing_new_reason, paused_reason, window_reason
 from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
-from ._source import PARAMS_DIGEST, Source, job_source, reflect_table_source
+from ._source import PARAMS_DIGEST, Source, job_source, narrowed, reflect_table_source
 from ._statements import db_now, frontier
 from ._storage import Storage, StoredJob
 from ._tables import unfinished
@@ -90,15 +92,11 @@ async def _count_ahead(
 ) -> Backlog:
     if cursor is not None and cursor >= 2**63 - 1:  # no 64-bit id after it (issue 13, item 5)
         return Backlog(0, 0.0 if source.weight_col is not None else None)
-    start = max(
-        v for v in (id_start, None if cursor is None else cursor + 1, -(2**63)) if v is not None
-    )
+    starts = [v for v in (id_start, None if cursor is None else cursor + 1) if v is not None]
     weight = sa.func.sum(source.weight_col) if source.weight_col is not None else sa.null()
-    query = (
-        sa.select(sa.func.count(), weight)
-        .select_from(source.table)
-        .where(source.where, source.id_col >= start)
-    )
+    query = sa.select(sa.func.count(), weight).select_from(source.table).where(source.where)
+    if starts:  # no bound otherwise: -2**63 does not fit an int4 id's parameter
+        query = query.where(source.id_col >= max(starts))
     if id_end is not None:
         query = query.where(source.id_col <= id_end)
     async with read_connection(source.engine) as conn:
@@ -143,8 +141,12 @@ async def job_status(
     id_end: int | None = None,
     weight_column: str | None = None,
     trust_stored_filter: bool = False,
+    time_column: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> JobStatus:
-    """The status of ``job`` (see :class:`JobStatus`)."""
+    """The status of ``job`` (see :class:`JobStatus`); ``since``/``until`` count the
+    backlog in that time window only (by ``time_column``, default the job's)."""
     backend = store.backend
     b = backend.tables.batches
     name = job.job_identifier if isinstance(job, Job) else job
@@ -205,6 +207,8 @@ async def job_status(
         if isinstance(source, str):
             note = source
         else:
+            own = definition.time_column if definition is not None else None
+            source = narrowed(source, time_column or own, since, until)
             backlog = await backlog_of(store, source, name, id_start, id_end)
     except BackendError as exc:
         # The inventory's own counts stand; only the backlog needs the metadata table.
@@ -229,6 +233,7 @@ async def job_status(
             f"{_cell(horizon.highest_visible_id)}): {len(horizon.held_by)} open writer "
             "transaction(s) may still commit lower ids"
         )
+    forecast = await forecast_of(store, name, backlog, definition)
     return JobStatus(
         job_identifier=row.job_identifier,
         source_kind=row.source_kind,
@@ -261,6 +266,7 @@ async def job_status(
         next_retry_at=next_retry,
         paused_at=row.paused_at,
         pause_reason=row.pause_reason,
+        forecast=forecast,
     )
 
 

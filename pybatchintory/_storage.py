@@ -138,6 +138,9 @@ class Storage:
                     settle_column=job.settle_column,
                     settle_seconds=job.settle_seconds,
                     horizon=job.horizon is not None,
+                    time_column=job.time_column,
+                    since=job.since,
+                    until=job.until,
                 )
         if key is not None:
             # The filter object is kept alive with the entry, so its id() stays unique.
@@ -191,5 +194,8 @@ def _source_key(job: Job) -> Hashable | None:
         job.settle_column,
         job.settle_seconds,
         job.horizon,
+        job.time_column,
+        job.since,
+        job.until,
         filter_key,
     )

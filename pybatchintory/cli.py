@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import anyio
@@ -24,6 +24,7 @@ import anyio
 from . import _migrations
 from ._admin import BATCH_FILTERS
 from ._engines import create_engine
+from ._progress import duration
 from ._tables import build_tables
 from .config import Settings, hide_password
 from .exceptions import BackendError, InvalidArgumentError, PyBatchintoryError
@@ -98,6 +99,28 @@ def _count(value: str) -> int:
     return number
 
 
+def _moment(value: str) -> datetime:
+    """An argparse type: an ISO 8601 date or time; without an offset, UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or time: {value!r} (ISO 8601: 2024-03-01, 2024-03-01T12:00+02:00)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _time_window(parser: argparse.ArgumentParser) -> None:
+    """``--since``/``--until``/``--time-column`` (docs/cli.md, time windows)."""
+    parser.add_argument(
+        "--since", type=_moment, help="only rows at or after this time (ISO 8601; no offset: UTC)"
+    )
+    parser.add_argument("--until", type=_moment, help="only rows before this time")
+    parser.add_argument(
+        "--time-column", default=None, help="the source's timestamp column (default: the job's)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pybatchintory`` command."""
     common = _common()
@@ -127,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the job's stored filter SQL on the metadata database to count its backlog",
     )
+    _time_window(status)
     trace = commands.add_parser("trace", parents=[common], help="every batch that covered an item")
     trace.add_argument("table", help="the metadata table ('table' or 'schema.table')")
     trace.add_argument("id", type=_item_id, help="the item's id")
@@ -152,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument(
         "--versus", metavar="JOB", help="compare with another job over the same source"
     )
+    _time_window(coverage)
     plan = commands.add_parser(
         "plan", parents=[common], help="the next batches an acquisition would take, taking nothing"
     )
@@ -312,6 +337,8 @@ def _status_text(s: Any) -> str:
         pairs.insert(2, ("budget", budget or "unbounded"))
         if d.get("weight_column"):
             pairs.insert(3, ("weight column", d["weight_column"]))
+    if s.forecast is not None:
+        pairs.append(("forecast", _forecast_text(s.forecast, unit)))
     if s.source_kind == "job":
         pairs.insert(3, ("upstream frontier", s.frontier_batch_id))
     if s.idle_reason:
@@ -321,6 +348,27 @@ def _status_text(s: Any) -> str:
     if s.horizon is not None:
         pairs += _horizon_pairs(s.horizon)
     return _pairs(pairs)
+
+
+def _forecast_text(f: Any, unit: str | None) -> str:
+    """``~6 batches, ETA 30s, done at ...; pace 2 weight/s, 0.2 items/s, 2.0 at once
+    (4 recent batches)``."""
+    if f.batches == 0:
+        return "nothing left"
+    parts = ["batches unknown" if f.batches is None else f"~{_plural(f.batches, 'batch')}"]
+    if f.eta_seconds is not None:
+        parts.append(f"ETA {duration(f.eta_seconds)}, done at {_cell(f.finishes_at)}")
+    if f.basis != "history":
+        return ", ".join(parts) + " (by the budget: no succeeded batch to measure the pace on)"
+    per_second = (
+        f"{_weight(f.weight_per_second, unit)}/s"
+        if unit == "bytes"
+        else f"{f.weight_per_second:,.3g} weight/s, {f.items_per_second:,.3g} items/s"
+    )
+    pace = (
+        f"{per_second}, {f.concurrency:.1f} at once ({_plural(f.sample_batches, 'recent batch')})"
+    )
+    return f"{', '.join(parts)}; pace {pace}"
 
 
 def _horizon_pairs(h: Any) -> list[tuple[str, Any]]:
@@ -550,6 +598,9 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
                 id_end=args.id_end,
                 weight_column=args.weight_column,
                 trust_stored_filter=args.trust_stored_filter,
+                time_column=args.time_column,
+                since=args.since,
+                until=args.until,
             )
             return status.as_dict(), _status_text(status)
         if args.command == "trace":
@@ -561,12 +612,23 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
                     raise InvalidArgumentError(
                         "--generation and --versus cannot be combined: a comparison is of current generations"
                     )
+                if args.since is not None or args.until is not None:
+                    raise InvalidArgumentError(
+                        "--since/--until and --versus cannot be combined: compare on ids "
+                        "(--id-start, --id-end)"
+                    )
                 diff = await inventory.coverage_diff(
                     args.job, args.versus, id_start=args.id_start, id_end=args.id_end
                 )
                 return diff.as_dict(), _diff_text(diff)
             cov = await inventory.coverage(
-                args.job, id_start=args.id_start, id_end=args.id_end, generation=args.generation
+                args.job,
+                id_start=args.id_start,
+                id_end=args.id_end,
+                generation=args.generation,
+                time_column=args.time_column,
+                since=args.since,
+                until=args.until,
             )
             return cov.as_dict(), _coverage_text(cov)
         if args.command == "plan":

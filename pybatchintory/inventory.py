@@ -8,6 +8,8 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, overload
 
@@ -23,13 +25,22 @@ from ._engines import (
     create_engine,
     write_transaction,
 )
-from ._idle import backoff_reason, frontier_reason, nothing_new_reason, paused_reason, window_reason
+from ._forecast import forecast_of
+from ._idle import (
+    backoff_reason,
+    frontier_reason,
+    nothing_new_reason,
+    paused_reason,
+    time_window_reason,
+    window_reason,
+)
 from ._plan import plan_batches
 from ._reports import (
     Backlog,
     BatchInfo,
     Coverage,
     CoverageDiff,
+    Forecast,
     JobStatus,
     JobSummary,
     PlannedBatch,
@@ -54,6 +65,7 @@ from .job import (
     job_name,
     positive_int,
     resolve_job,
+    time_bounds,
 )
 
 __all__ = ["Inventory"]
@@ -232,6 +244,9 @@ class Inventory:
         id_end: int | None = None,
         weight_column: str | None = None,
         trust_stored_filter: bool = False,
+        time_column: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> JobStatus:
         """The job's cursor, batch counts and weights per status, leases, last success,
         and its backlog: items and weight still ahead of its cursor, so that the next
@@ -243,10 +258,13 @@ class Inventory:
         Job or its ``filter``, or ``trust_stored_filter=True`` to run the stored text.
         ``id_start``, ``id_end`` and ``weight_column`` override the stored ones. When the
         metadata database cannot be reached, the inventory's own counts are reported and
-        ``backlog_note`` says why the backlog is missing.
+        ``backlog_note`` says why the backlog is missing. ``since``/``until``
+        (timezone-aware) count the backlog of that time window only, by ``time_column``
+        (default: the job's own); ``forecast`` turns the backlog into batches and an ETA.
         """
         if not isinstance(job, Job):
             job = job_name(job)
+        since, until = time_bounds(since, until)
         return await job_status(
             self.storage,
             job,
@@ -255,6 +273,9 @@ class Inventory:
             id_end=id_end,
             weight_column=weight_column,
             trust_stored_filter=trust_stored_filter,
+            time_column=time_column,
+            since=since,
+            until=until,
         )
 
     async def jobs(self) -> list[JobSummary]:
@@ -274,6 +295,9 @@ class Inventory:
         id_start: int | None = None,
         id_end: int | None = None,
         generation: int | None = None,
+        time_column: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Coverage:
         """The job's id window as range-compressed segments, each id in one state:
         succeeded, running, retry_wait (failed, attempts left), out_of_attempts, or
@@ -283,9 +307,22 @@ class Inventory:
         job's own (``id_start``/``id_end``), else from the lowest to the highest id of its
         source and batches; ``generation`` defaults to the current one. One ordered scan
         of the job's batches in the window: the cost follows their number, not the
-        number of items."""
+        number of items.
+
+        ``since``/``until`` (timezone-aware, by ``time_column``, default the job's; a job
+        with a time window has them by default): the window is from the lowest to the
+        highest id of the rows in that time window (ids of other times between them
+        included: a batch covers ids, not times)."""
+        since, until = time_bounds(since, until)
         return await job_coverage(
-            self.storage, job, id_start=id_start, id_end=id_end, generation=generation
+            self.storage,
+            job,
+            id_start=id_start,
+            id_end=id_end,
+            generation=generation,
+            time_column=time_column,
+            since=since,
+            until=until,
         )
 
     async def coverage_diff(
@@ -387,6 +424,37 @@ class Inventory:
         source = await store.counting_source(job)
         return await backlog_of(store, source, job.job_identifier, job.id_start, job.id_end)
 
+    @overload
+    async def forecast(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Forecast: ...
+
+    @overload
+    async def forecast(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Unpack[JobArguments],
+    ) -> Forecast: ...
+
+    async def forecast(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Any,
+    ) -> Forecast:
+        """The job's :meth:`backlog` as a number of batches and an ETA, at the pace of
+        its recent history (the succeeded batches among its last 100): see
+        :class:`Forecast`. Takes the arguments of :meth:`backlog`."""
+        job = await self._job_of_call(source_table, job_identifier, arguments)
+        return (await self.backlog_and_forecast(job))[1]
+
+    async def backlog_and_forecast(self, job: Job) -> tuple[Backlog, Forecast]:
+        """:meth:`backlog` and :meth:`forecast` of ``job``, counted once (a progress bar
+        needs both)."""
+        store = self.storage
+        source = await store.counting_source(job)
+        backlog = await backlog_of(store, source, job.job_identifier, job.id_start, job.id_end)
+        return backlog, await forecast_of(store, job.job_identifier, backlog, job)
+
     async def iter_source_items(
         self,
         batch: Batch,
@@ -454,7 +522,8 @@ class Inventory:
         """
         job = resolve_job(source_table, job_identifier, arguments)
         source = await self.storage.source(job)
-        return await self._acquire(job, source, run_upper=None, load_items=load_items)
+        run = await _run_window(source)
+        return await self._acquire(job, source, run, load_items=load_items)
 
     @overload
     def acquire_batches(
@@ -519,22 +588,24 @@ class Inventory:
     ) -> AsyncIterator[Batch]:
         source = await self.storage.source(job)
         async with backend_errors("reading the source's highest id", source.engine):
-            run_upper = await source.max_id()
-        if run_upper is None:
+            highest = await source.max_id()
+        if highest is None:
             return
+        run = await _run_window(source, highest)
         taken = 0
         while count is None or taken < count:
-            batch = await self._acquire(job, source, run_upper=run_upper, load_items=load_items)
+            batch = await self._acquire(job, source, run, load_items=load_items)
             if batch is None:
                 return
             taken += 1
             yield batch
 
     async def _acquire(
-        self, job: Job, source: Source, run_upper: int | None, load_items: bool
+        self, job: Job, source: Source, run: _RunWindow, load_items: bool
     ) -> Batch | None:
         backend = self.storage.backend
-        upper = _lowest(job.id_end, run_upper)
+        upper = _lowest(job.id_end, run.upper)
+        lower = _highest(job.id_start, run.lower)
         name = job.job_identifier
         definition = job_definition(job)
         lease = job.lease_seconds or self.settings.lease_seconds
@@ -558,9 +629,9 @@ class Inventory:
                 record = await backend.reclaim(conn, name, state, job.window, lease, self.worker)
                 if record is not None:
                     return record
-                if state.exhausted:  # the cursor is at the highest 64-bit id
-                    return None
-                start = _highest(job.id_start, state.next_id)
+                if state.exhausted or run.empty:  # the cursor is at the highest 64-bit id,
+                    return None  # or no row lies in the job's time window
+                start = _highest(lower, state.next_id)
                 if start is not None and upper is not None and start > upper:
                     return None
                 # Plan on this transaction's own connection when the source lives in the
@@ -595,7 +666,7 @@ class Inventory:
         async with backend_errors(f"acquiring a batch of job {name!r}", backend.engine):
             record = await backend.take(take)
         if record is None:
-            await self._note_idle(job, seen[0], upper)
+            await self._note_idle(job, seen[0], lower, upper, run.empty)
             return None
         self.idle_reasons.pop(name, None)
         batch = Batch(backend, record, source, lease, retry_delay)
@@ -614,12 +685,23 @@ class Inventory:
             await self._load_items(batch, source)
         return batch
 
-    async def _note_idle(self, job: Job, state: JobState | None, upper: int | None) -> None:
+    async def _note_idle(
+        self,
+        job: Job,
+        state: JobState | None,
+        lower: int | None,
+        upper: int | None,
+        empty: bool,
+    ) -> None:
         """Say why nothing was handed out: an attribute, and a log line at INFO."""
         cursor = None if state is None else state.cursor
         reason = None if state is None else paused_reason(state.paused_at, state.pause_reason)
+        if reason is None and empty:
+            reason = time_window_reason(job)
         if reason is None:
-            reason = window_reason(cursor, job.id_start, job.id_end)
+            # a time window's end is its rows' highest id; an id window's, id_end
+            timed = job.since is not None or job.until is not None
+            reason = window_reason(cursor, lower, upper if timed else job.id_end)
         if reason is None and job.source_job is not None:
             reason = await frontier_reason(self.storage, job.source_job)
         if reason is None:
@@ -665,6 +747,26 @@ async def _hand_back(batch: Batch, exc: BaseException) -> None:
             await batch.error(exc)
     except Exception:  # the original error is the one to report
         logger.exception("could not hand back batch %s", batch.id)
+
+
+@dataclass(frozen=True)
+class _RunWindow:
+    """A run's id bounds, fixed when it starts: the source's highest id then, and the
+    lowest and highest id of the rows in the job's time window (``empty``: none)."""
+
+    lower: int | None = None
+    upper: int | None = None
+    empty: bool = False
+
+
+async def _run_window(source: Source, highest: int | None = None) -> _RunWindow:
+    if source.time_window is None:
+        return _RunWindow(None, highest)
+    async with backend_errors("reading the ids of the job's time window", source.engine):
+        ids = await source.time_window_ids()
+    if ids is None:
+        return _RunWindow(None, highest, empty=True)
+    return _RunWindow(ids[0], _lowest(ids[1], highest))
 
 
 def _names_source(arguments: Mapping[str, Any]) -> bool:

@@ -18,6 +18,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
+from datetime import datetime, timezone
 from numbers import Real
 from typing import Any, Literal, TypedDict, Union
 
@@ -32,9 +33,11 @@ __all__ = [
     "JobOptions",
     "job_definition",
     "job_from_definition",
+    "check_time_window",
     "job_name",
     "positive_int",
     "resolve_job",
+    "time_bounds",
 ]
 
 Filter = Union[
@@ -60,6 +63,9 @@ _OPTIONS = (
     "retry_delay_seconds",
 )
 _MAX_RETRY_DELAY_SECONDS = 3600.0  # the backoff's ceiling too
+# ... and its time window (docs/observability.md, time windows): an acquisition binds the
+# job to it, as to its filter, since it decides which rows a range holds.
+_TIME_OPTIONS = ("time_column", "since", "until")
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -73,6 +79,9 @@ class JobOptions(TypedDict, total=False):
     max_attempts: int | None
     lease_seconds: float | None
     retry_delay_seconds: float | None
+    time_column: str | None
+    since: datetime | None
+    until: datetime | None
 
 
 class JobArguments(JobOptions, total=False):
@@ -147,6 +156,13 @@ class Job:
     """``"exact"`` (default): on PostgreSQL the job never plans past an id whose writer
     may still commit a lower one, with no lag to guess (docs/design-horizon.md). Off
     with a settle lag and for a source job; ``None`` plans up to the highest visible id."""
+    time_column: str | None = None
+    """A timestamp column of the source, for time windows (``since``/``until``)."""
+    since: datetime | None = None
+    """With ``time_column``: only rows whose time is at or after it (timezone-aware)."""
+    until: datetime | None = None
+    """With ``time_column``: only rows whose time is before it (timezone-aware). Like the
+    filter, the window decides which rows are items: a job is bound to it."""
 
     def __post_init__(self) -> None:
         name = _name(self.job_identifier, "job_identifier")
@@ -178,6 +194,12 @@ class Job:
         end = _optional_id(self.id_end, "id_end")
         if start is not None and end is not None and start > end:
             raise InvalidArgumentError(f"id_start ({start}) is greater than id_end ({end})")
+        since, until = check_time_window(self.time_column, self.since, self.until)
+        if self.source_job is not None and self.time_column is not None:
+            raise InvalidArgumentError(
+                "time_column applies to a source table; a source job's items are its "
+                "upstream batches (give the upstream job the time window)"
+            )
         settle = _positive_number(self.settle_seconds, "settle_seconds")
         if (self.settle_column is None) != (settle is None):
             raise InvalidArgumentError(
@@ -212,6 +234,9 @@ class Job:
             "settle_column": _optional_name(self.settle_column, "settle_column"),
             "item_columns": _columns(self.item_columns),
             "filter": _canonical_filter(self.filter),
+            "time_column": _optional_name(self.time_column, "time_column"),
+            "since": since,
+            "until": until,
         }
         if self.weight_unit not in ("bytes", None):
             raise InvalidArgumentError(
@@ -255,12 +280,13 @@ class Job:
         """This job with the per-call overrides of :class:`JobOptions` applied."""
         if not options:
             return self
-        unknown = sorted(set(options) - set(_OPTIONS))
+        allowed = _OPTIONS + _TIME_OPTIONS
+        unknown = sorted(set(options) - set(allowed))
         if unknown:
             fields = [f.name for f in dataclasses.fields(self)]
             raise InvalidArgumentError(
-                f"{_unexpected(unknown, _OPTIONS + tuple(fields))}. A call may override only "
-                f"{', '.join(_OPTIONS)}; for another source, filter or columns make another "
+                f"{_unexpected(unknown, allowed + tuple(fields))}. A call may override only "
+                f"{', '.join(allowed)}; for another source, filter or columns make another "
                 "Job (dataclasses.replace(job, ...))"
             )
         return dataclasses.replace(self, **options)
@@ -337,6 +363,11 @@ def job_definition(job: Job) -> str:
         "settle_seconds": job.settle_seconds,
         "horizon": job.horizon,
     }
+    if job.time_column is not None:
+        # Only when set, so that a definition stored before time windows stays the same.
+        data["time_column"] = job.time_column
+        data["since"] = None if job.since is None else job.since.isoformat()
+        data["until"] = None if job.until is None else job.until.isoformat()
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -350,6 +381,9 @@ def job_from_definition(name: str, text: str) -> tuple[Job, str]:
     values = {key: data[key] for key in fields if key in data and key != "filter"}
     if values.get("item_columns") is not None:
         values["item_columns"] = tuple(values["item_columns"])
+    for key in ("since", "until"):
+        if values.get(key) is not None:
+            values[key] = datetime.fromisoformat(values[key])
     job = Job(name, **values, filter=data.get("filter") if kind == "mapping" else None)
     return job, kind
 
@@ -379,6 +413,47 @@ def _filter_data(filter: Filter) -> dict[str, Any] | None:
 
 
 # -- checks -------------------------------------------------------------------------------
+
+
+def check_time_window(
+    time_column: Any, since: Any, until: Any
+) -> tuple[datetime | None, datetime | None]:
+    """``since`` and ``until`` checked (see :func:`time_bounds`), with a ``time_column``
+    to apply them to."""
+    lo, hi = time_bounds(since, until)
+    if time_column is None and (lo, hi) != (None, None):
+        raise InvalidArgumentError(
+            "since/until need time_column: the source's timestamp column the time window "
+            "applies to (time_column='created_at')"
+        )
+    _optional_name(time_column, "time_column")
+    return lo, hi
+
+
+def time_bounds(since: Any, until: Any) -> tuple[datetime | None, datetime | None]:
+    """``since`` and ``until`` checked (timezone-aware datetimes, ``since < until``), in UTC."""
+    lo, hi = _moment(since, "since"), _moment(until, "until")
+    if lo is not None and hi is not None and lo >= hi:
+        raise InvalidArgumentError(
+            f"since ({lo.isoformat()}) must be before until ({hi.isoformat()}): the window "
+            "is [since, until), since included, until excluded"
+        )
+    return lo, hi
+
+
+def _moment(value: Any, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgumentError(
+            f"{what} must be a timezone-aware datetime, got {type(value).__name__} {value!r}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgumentError(
+            f"{what} is a naive datetime ({value.isoformat()}): give its time zone, "
+            "e.g. datetime(2024, 3, 1, tzinfo=timezone.utc)"
+        )
+    return value.astimezone(timezone.utc)
 
 
 def _canonical_filter(filter: Filter) -> Filter:

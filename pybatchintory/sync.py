@@ -28,6 +28,7 @@ from ._reports import (
     BatchInfo,
     Coverage,
     CoverageDiff,
+    Forecast,
     JobStatus,
     JobSummary,
     PlannedBatch,
@@ -328,8 +329,8 @@ class SyncInventory:
         )
         bar = None
         if progress:
-            backlog = self.backlog(job)
-            bar = ProgressBar(job.job_identifier, backlog)
+            backlog, forecast = self.call(self._inventory.backlog_and_forecast, job)
+            bar = ProgressBar(job.job_identifier, backlog, forecast=forecast)
         return self._drain(batches, bar)
 
     def _drain(self, batches: Any, bar: Any = None) -> Iterator[SyncBatch]:
@@ -387,6 +388,9 @@ class SyncInventory:
         id_end: int | None = None,
         weight_column: str | None = None,
         trust_stored_filter: bool = False,
+        time_column: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> JobStatus:
         """Same as :meth:`Inventory.status`."""
         return self.call(
@@ -397,6 +401,9 @@ class SyncInventory:
             id_end=id_end,
             weight_column=weight_column,
             trust_stored_filter=trust_stored_filter,
+            time_column=time_column,
+            since=since,
+            until=until,
         )
 
     def jobs(self) -> list[JobSummary]:
@@ -414,10 +421,20 @@ class SyncInventory:
         id_start: int | None = None,
         id_end: int | None = None,
         generation: int | None = None,
+        time_column: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Coverage:
         """Same as :meth:`Inventory.coverage`."""
         return self.call(
-            self._inventory.coverage, job, id_start=id_start, id_end=id_end, generation=generation
+            self._inventory.coverage,
+            job,
+            id_start=id_start,
+            id_end=id_end,
+            generation=generation,
+            time_column=time_column,
+            since=since,
+            until=until,
         )
 
     def coverage_diff(
@@ -497,6 +514,30 @@ class SyncInventory:
             **arguments,
         )
         result: Backlog = self._loop_or_closed.call(backlog)
+        return result
+
+    @overload
+    def forecast(self, job: Job | str, /, **options: Unpack[JobOptions]) -> Forecast: ...
+
+    @overload
+    def forecast(
+        self,
+        source_table: str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Unpack[JobArguments],
+    ) -> Forecast: ...
+
+    def forecast(
+        self,
+        source_table: Job | str | None = None,
+        job_identifier: str | None = None,
+        **arguments: Any,
+    ) -> Forecast:
+        """Same as :meth:`Inventory.forecast`."""
+        forecast = functools.partial(
+            self._inventory.forecast, source_table, job_identifier, **arguments
+        )
+        result: Forecast = self._loop_or_closed.call(forecast)
         return result
 
     def close(self) -> None:

@@ -268,6 +268,39 @@ async def test_plan_takes_nothing_and_matches_the_next_acquisitions(db: Db) -> N
         assert [p.batch_id for p in planned[:2]] == [b.id for b in taken[:2]]
 
 
+async def test_plan_next_5_on_the_cli_takes_nothing_and_matches_the_next_5_acquisitions(
+    db: Db,
+) -> None:
+    table = await db.create_meta(weights=[2, 1, 1, 3, 1, 1, 2, 2, 1, 1, 1, 1, 3, 1, 1, 1])
+    async with db.inventory() as inv:
+        job = Job("plan_cli", source_table=table, weight=3, max_attempts=2)
+        failed = await inv.acquire_batch(job, load_items=False)
+        done = await inv.acquire_batch(job, load_items=False)
+        assert failed and done
+        await failed.error("flaky")
+        await done.success()
+
+    before = await _inventory_rows(db)
+    planned = ok_json(await cli(db, "plan", "plan_cli", "--next", "5", "--json"))
+    assert await _inventory_rows(db) == before  # nothing taken, nothing written
+    assert [p["kind"] for p in planned] == ["retry", "new", "new", "new", "new"]
+    async with db.inventory() as inv:
+        taken = []
+        for _ in range(5):
+            batch = await inv.acquire_batch(job, load_items=False)
+            assert batch is not None
+            taken.append(batch)
+    assert [
+        (p["batch_id"], p["range_start"], p["range_end"], p["item_count"], p["weight"])
+        for p in planned
+    ] == [
+        (failed.id, failed.range_start, failed.range_end, failed.item_count, failed.weight),
+        *((None, b.range_start, b.range_end, b.item_count, b.weight) for b in taken[1:]),
+    ]
+    assert taken[0].id == failed.id and [p["attempt"] for p in planned] == [2, 1, 1, 1, 1]
+    assert [b.attempt for b in taken] == [2, 1, 1, 1, 1]
+
+
 async def test_plan_cli_and_edges(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 5)
     async with db.inventory() as inv:

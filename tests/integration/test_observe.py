@@ -409,5 +409,6 @@ async def test_sync_acquire_batches_draws_a_progress_bar_sized_by_the_backlog(
     await anyio.to_thread.run_sync(run)
     drawn = capsys.readouterr().err.split("\r")
     # Sized up front by the 6 items (weight 30) left after the first batch.
-    assert drawn[1].endswith("0% 0/30 weight, 0 batches")
+    # Batches left and an ETA from the first batch's pace (weight 10 per batch).
+    assert "0% 0/30 weight, 0 batches, ~3 left, ETA " in drawn[1]
     assert drawn[-1] == "j [##############################] 100% 30/30 weight, 3 batches\n"

@@ -123,6 +123,33 @@ def test_the_definition_round_trips() -> None:
     assert json.loads(job_definition(made))["weight_column"] == "size_bytes"
 
 
+def test_a_time_window_round_trips_in_utc_and_leaves_other_definitions_alone() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    paris = timezone(timedelta(hours=1))
+    made = job(
+        time_column="created_at",
+        since=datetime(2024, 3, 1, 1, tzinfo=paris),
+        until=datetime(2024, 4, 1, tzinfo=timezone.utc),
+    )
+    assert made.since == datetime(2024, 3, 1, tzinfo=timezone.utc)  # stored in UTC
+    assert made == job(
+        time_column="created_at",
+        since=datetime(2024, 3, 1, tzinfo=timezone.utc),
+        until=datetime(2024, 4, 1, 2, tzinfo=timezone(timedelta(hours=2))),
+    )
+    data = json.loads(job_definition(made))
+    assert (data["time_column"], data["since"], data["until"]) == (
+        "created_at",
+        "2024-03-01T00:00:00+00:00",
+        "2024-04-01T00:00:00+00:00",
+    )
+    rebuilt, _ = job_from_definition("job", job_definition(made))
+    assert rebuilt == made
+    # A job without a time column stores the same definition as before time windows.
+    assert "since" not in json.loads(job_definition(job()))
+
+
 def test_an_expression_filter_is_stored_as_its_kind_only() -> None:
     import sqlalchemy as sa
 
