@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from . import _metrics
 from ._backend import BatchRecord
 from ._engines import complete_despite_cancellation
 from ._source import Source
@@ -78,6 +79,7 @@ class Batch:
         self.lease_expires_at: datetime = record.lease_expires_at
         self.status: str = "running"
         self.result: dict[str, Any] | None = None
+        self._started = _metrics.clock()  # for the processing time (docs/metrics.md)
 
     def __repr__(self) -> str:
         return (
@@ -149,9 +151,9 @@ class Batch:
     ) -> None:
         # A cancelled caller: the write runs to its end (issue 13, item 2), and so does
         # the batch's own state, which must match what the inventory recorded.
-        await complete_despite_cancellation(
-            self._record_outcome(succeeded, result, text, refund_attempt)
-        )
+        write = self._record_outcome(succeeded, result, text, refund_attempt)
+        kind = "succeeded" if succeeded else "released" if refund_attempt else "failed"
+        await complete_despite_cancellation(_metrics.outcome(self, write, kind))
 
     async def _record_outcome(
         self, succeeded: bool, result: Any, text: str | None, refund_attempt: bool

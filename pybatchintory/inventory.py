@@ -14,6 +14,7 @@ from typing import Any, overload
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
+from . import _metrics
 from ._backend import Backend, BatchRecord
 from ._coverage import coverage_diff, job_coverage
 from ._engines import (
@@ -153,6 +154,7 @@ class Inventory:
         if store is None:
             return
         store.backend.closed = True  # its batches must not reopen the disposed pool
+        await _metrics.stop_observing(self)
         if store.backend.signal is not None:
             store.backend.signal.close()
         store.forget_sources()
@@ -254,6 +256,22 @@ class Inventory:
             weight_column=weight_column,
             trust_stored_filter=trust_stored_filter,
         )
+
+    async def observe_jobs(
+        self, jobs: Iterable[Job | str], *, interval: float = 60.0
+    ) -> _metrics.JobGauges:
+        """Report the OpenTelemetry gauges of ``jobs`` (Jobs or names): backlog items and
+        weight, running batches, age of the oldest lease, batches out of attempts and
+        horizon lag (docs/metrics.md). Their values are read now, then every
+        ``interval`` seconds on this inventory's event loop (a status per job each time);
+        the exporter's thread only reads the last values. Stop with ``.stop()``; closing
+        the inventory stops it too. Without ``opentelemetry-api`` installed it does
+        nothing."""
+        gauges = _metrics.observe(self, self.status, jobs, interval)
+        if _metrics.ENABLED:
+            await gauges.refresh()
+            gauges.start()
+        return gauges
 
     async def jobs(self) -> list[JobSummary]:
         """Every job with its source and a one-line status."""
@@ -486,6 +504,7 @@ class Inventory:
             taken += 1
             yield batch
 
+    @_metrics.timed  # acquisitions, their latency, weight and items (docs/metrics.md)
     async def _acquire(
         self, job: Job, source: Source, run_upper: int | None, load_items: bool
     ) -> Batch | None:
