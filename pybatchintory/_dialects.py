@@ -42,6 +42,10 @@ class SqlDialect:
         """``column`` (a timestamp) is less than ``seconds`` old."""
         raise NotImplementedError
 
+    def epoch(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        """``column`` (a timestamp) as seconds since 1970 UTC: the report's time buckets."""
+        raise NotImplementedError
+
 
 class _SQLite(SqlDialect):
     name, combined_writes, insert = "sqlite", False, staticmethod(sqlite.insert)
@@ -66,6 +70,11 @@ class _SQLite(SqlDialect):
         )
         return sa.type_coerce(column, sa.String) > threshold
 
+    def epoch(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        # julianday() reads the stored ISO text (UTC); day 2440587.5 is 1970-01-01.
+        days = sa.func.julianday(sa.type_coerce(column, sa.String))
+        return sa.type_coerce((days - 2440587.5) * 86400.0, sa.Double)
+
 
 class _PostgreSQL(SqlDialect):
     name, combined_writes, insert = "postgresql", True, staticmethod(postgresql.insert)
@@ -88,6 +97,9 @@ class _PostgreSQL(SqlDialect):
         # timestamp's index; the settle lag is a guess of seconds anyway.
         interval = sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.literal(float(seconds), sa.Double))
         return column > sa.func.now() - interval
+
+    def epoch(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
+        return sa.cast(sa.extract("epoch", column), sa.Double)
 
 
 _DIALECTS: dict[str, SqlDialect] = {d.name: d for d in (_SQLite(), _PostgreSQL())}

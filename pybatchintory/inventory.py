@@ -23,6 +23,7 @@ from ._engines import (
     create_engine,
     write_transaction,
 )
+from ._html_report import html_report
 from ._idle import frontier_reason, nothing_new_reason, window_reason
 from ._plan import plan_batches
 from ._reports import (
@@ -316,6 +317,15 @@ class Inventory:
         succeeded on and ``b`` has not, and the reverse, each with the other job's state
         there. The window defaults to the union of both jobs' windows."""
         return await coverage_diff(self.storage, a, b, id_start=id_start, id_end=id_end)
+
+    async def html_report(
+        self, jobs: Iterable[str] | None = None, *, path: str | os.PathLike[str] | None = None
+    ) -> str:
+        """One self-contained HTML page about ``jobs`` (names; None: every job): per job
+        its status and backlog, a coverage bar of its ids coloured by state, throughput
+        and batch duration over time, and the failed batches with their last error
+        (docs/report.md). Written to ``path`` when given; returned either way."""
+        return await html_report(self.storage, jobs, path)
 
     async def plan(self, job: Job | str, next: int = 5) -> list[PlannedBatch]:
         """The next ``next`` batches the job's acquisitions would hand out, without taking

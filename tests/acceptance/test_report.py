@@ -1,0 +1,164 @@
+"""The HTML report (issue 11, point 5), opened in a real headless Chromium: each job's
+coverage bar with its states, the charts, and the failed batches' errors escaped.
+
+Without a ``chromium`` program these tests skip with the reason, except under CI=true,
+where they fail: ``.ci/run`` installs it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pybatchintory import InvalidArgumentError, Inventory, Job
+from pybatchintory._html_report import BAR_PIXELS, fold
+from pybatchintory._reports import Coverage, CoverageSegment
+from tests.conftest import IN_CI, Db
+from tests.integration.test_cli import cli
+from tests.integration.test_coverage import _mixed_job
+
+# An error text that would run a script, close the cell and break the table if it were
+# written as HTML rather than as text.
+EVIL = 'ValueError: <script>document.title="owned"</script></td></table> & <b>bold</b>'
+
+
+def chromium() -> str:
+    program = shutil.which("chromium") or shutil.which("chromium-browser")
+    if program is None:
+        reason = "chromium is not installed (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}; CI must run the report tests", pytrace=False)
+        pytest.skip(reason)
+    return program
+
+
+def browse(page: Path, screenshot: Path, *, height: int = 1800, timeout: float = 120) -> str:
+    """Open ``page`` in headless Chromium: its DOM after loading, and a screenshot."""
+    common = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",  # root in CI containers
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={page.parent / 'chromium-profile'}",
+        f"--window-size=1200,{height}",
+    ]
+    url = page.resolve().as_uri()
+    dom = subprocess.run(
+        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=timeout, check=True
+    ).stdout
+    subprocess.run(
+        [*common, f"--screenshot={screenshot}", url],
+        capture_output=True,
+        timeout=timeout,
+        check=True,
+    )
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return dom
+
+
+async def _scenario(inv: Inventory, db: Db) -> None:
+    """Job 'convert' with every state (see test_coverage), one error text of it made
+    hostile; job 'validate' reading the same table, all succeeded."""
+    table = await db.create_meta(weights=[1] * 20)
+    await _mixed_job(inv, table)
+    b = inv.storage.tables.logs
+    async with inv.inventory_engine.begin() as conn:  # the out-of-attempts batch's error
+        await conn.execute(sa.update(b).where(b.c.logging == "corrupt").values(logging=EVIL))
+    validate = Job("validate", source_table=table, weight=5)
+    async for batch in inv.acquire_batches(validate, load_items=False):
+        await batch.success()
+
+
+def _sections(dom: str) -> dict[str, str]:
+    parts = re.split(r'(?=<section class="job")', dom)
+    return {
+        re.search(r'data-job="([^"]*)"', p).group(1): p  # type: ignore[union-attr]
+        for p in parts
+        if p.startswith("<section")
+    }
+
+
+async def test_report_in_chromium(db: Db, tmp_path: Path) -> None:
+    async with db.inventory() as inv:
+        await _scenario(inv, db)
+        page = tmp_path / "report.html"
+        written = await inv.html_report(path=page)
+    assert page.read_text(encoding="utf-8") == written
+    assert not re.search(r"<(script|link|img|iframe)\b|https?://", written), (
+        "the page must need no network and run no script"
+    )
+    dom = browse(page, tmp_path / "report.png")
+
+    assert "<script" not in dom.lower()  # the error text did not become an element
+    sections = _sections(dom)
+    assert set(sections) == {"convert", "validate"}
+    for section in sections.values():
+        assert section.count('<svg class="coverage"') == 1  # a bar per job
+    convert = sections["convert"]
+    bar = convert[convert.index('<svg class="coverage"') : convert.index("</svg>")]
+    # 20 ids over 20 columns: each state of the scenario has its own rectangle
+    states = re.findall(r'<rect [^>]*data-state="([^"]+)"', bar)
+    assert states == [
+        "succeeded",
+        "retry_wait",
+        "out_of_attempts",
+        "running",
+        "not_taken",
+        "succeeded",
+        "not_taken",
+    ]
+    assert "ids 5..6: out_of_attempts" in bar  # the tooltip of the failed range
+    # The failed batches, newest first, with their last error as text, escaped
+    failed = convert[convert.index('<table class="failed">') :]
+    assert re.findall(r"<td>(retry_wait|out_of_attempts)</td>", failed) == [
+        "out_of_attempts",
+        "retry_wait",
+    ]
+    assert '&lt;script&gt;document.title="owned"&lt;/script&gt;&lt;/td&gt;&lt;/table&gt;' in failed
+    assert "&amp; &lt;b&gt;bold&lt;/b&gt;" in failed and "flaky" in failed
+    assert "<title>pybatchintory report</title>" in dom  # the script did not run
+    # Charts and backlog: validate succeeded 4 batches of 5 ids; convert has 6 ids ahead
+    assert 'class="chart throughput"' in sections["validate"]
+    assert 'class="chart duration"' in sections["validate"]
+    assert "<th>backlog</th><td>6 items, weight 6</td>" in convert
+    assert "<th>ETA</th><td>no forecast</td>" in convert
+    assert "No failed batch." in sections["validate"]
+
+
+async def test_report_of_named_jobs_by_the_cli(db: Db, tmp_path: Path) -> None:
+    async with db.inventory() as inv:
+        await _scenario(inv, db)
+    page = tmp_path / "validate.html"
+    done = await cli(db, "--meta-url", db.url, "report", "validate", "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"wrote {page} (validate)"
+    assert set(_sections(page.read_text(encoding="utf-8"))) == {"validate"}
+    missing = await cli(db, "report", "nosuchjob", "--html", str(tmp_path / "x.html"))
+    assert missing.returncode == 2 and "nosuchjob" in missing.stderr
+
+
+async def test_report_bad_input(db: Db, tmp_path: Path) -> None:
+    async with db.inventory() as inv:
+        with pytest.raises(InvalidArgumentError, match="list of job names"):
+            await inv.html_report("convert")
+        with pytest.raises(InvalidArgumentError, match="cannot write the report"):
+            await inv.html_report([], path=tmp_path / "no" / "such" / "dir.html")
+
+
+def test_fold_is_bounded() -> None:
+    """A million batches in alternating states: at most BAR_PIXELS columns, each id
+    counted once, and a lone failure among successes stays visible."""
+    segments = []
+    for i in range(1_000_000):
+        state = "out_of_attempts" if i == 777_777 else ("succeeded" if i % 2 else "running")
+        segments.append(CoverageSegment(state, 10 * i + 1, 10 * i + 10, 1, 10, 10.0))
+    columns = fold(Coverage("big", 0, None, 1, 10_000_000, tuple(segments)))
+    assert len(columns) == BAR_PIXELS
+    assert sum(sum(c.ids.values()) for c in columns) == 10_000_000
+    assert [c.state for c in columns].count("out_of_attempts") == 1
