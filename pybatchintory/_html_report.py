@@ -2,10 +2,8 @@
 
 No script, no stylesheet or font to fetch: inline CSS and SVG drawn here, so the file
 opens anywhere, offline, and stays small. Every figure is bounded whatever the job's
-size: the coverage bar has at most ``BAR_PIXELS`` columns (the coverage segments folded
-into them), the charts ``TIME_BUCKETS`` points (bucketed by the database, not here),
-the failure table ``FAILED_SHOWN`` rows. Text that comes from users (job names, error
-texts, sources) is HTML-escaped.
+size (``_report_data``: at most 600 bar columns, 60 time buckets, 50 failed batches).
+Text that comes from users (job names, error texts, sources) is HTML-escaped.
 
 States are the coverage's (``_coverage.STATES`` and whatever state a segment carries):
 a state added there shows up here with a colour of its own, never silently merged.
@@ -21,28 +19,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import anyio
-import sqlalchemy as sa
 
-from ._coverage import STATES, job_coverage
-from ._coverage import _state as state_of
-from ._dialects import dialect_named
-from ._reports import Coverage, JobStatus
+from ._coverage import STATES
+from ._report_data import TIME_BUCKETS, Bar, Bucket, Failure, coverage_bar, failures, timeline
+from ._reports import JobStatus
 from ._status import job_status, list_jobs
 from ._storage import Storage
 from .exceptions import BackendError, InvalidArgumentError
 from .job import job_name
 
-__all__ = ["BAR_PIXELS", "FAILED_SHOWN", "TIME_BUCKETS", "backlog_eta", "html_report"]
+__all__ = ["backlog_eta", "colour", "html_report", "render"]
 
-BAR_PIXELS = 600
-TIME_BUCKETS = 60
-FAILED_SHOWN = 50
 _ERROR_CHARS = 2000
-
-# Which state a pixel of many ids shows: the most urgent one among them, so that one
-# failed batch among a million succeeded ones stays visible. A state not listed (added
-# to the coverage later) ranks right after the failures.
-_URGENCY = ("out_of_attempts", "retry_wait", "running", "not_taken", "succeeded")
 _COLOURS = {
     "succeeded": "#2e7d32",
     "running": "#1e88e5",
@@ -60,57 +48,10 @@ def colour(state: str) -> str:
     return _COLOURS.get(state) or _SPARE[zlib.crc32(state.encode()) % len(_SPARE)]
 
 
-def _urgency(state: str) -> int:
-    if state in _URGENCY:
-        rank = _URGENCY.index(state)
-        return rank if rank < 2 else rank + 1
-    return 2
-
-
 def backlog_eta(status: JobStatus) -> str | None:
     """HOOK (issue 11, point 3: the forecast): the backlog's ETA as text, or None while
     the inventory has no forecast. The report prints it next to the backlog."""
     return None
-
-
-# -- what is read -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the coverage bar: ids ``start..end`` and how many are in each state."""
-
-    start: int
-    end: int
-    ids: dict[str, int]
-
-    @property
-    def state(self) -> str:
-        return min(self.ids, key=_urgency) if self.ids else "not_taken"
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """Succeeded batches whose attempt ended in [start, start + width) seconds."""
-
-    start: float
-    batches: int
-    items: int
-    weight: float
-    mean_seconds: float
-    max_seconds: float
-
-
-@dataclass(frozen=True)
-class Failure:
-    batch_id: int
-    state: str
-    range_start: int
-    range_end: int
-    attempt: int
-    max_attempts: int
-    ended: datetime | None
-    error: str | None
 
 
 @dataclass(frozen=True)
@@ -118,116 +59,11 @@ class JobPage:
     name: str
     status: JobStatus | None
     note: str | None
-    coverage: Coverage | None
-    columns: list[Column]
+    bar: Bar | None
     width: float
     buckets: list[Bucket]
     failures: list[Failure]
     failed_total: int
-
-
-def fold(coverage: Coverage, pixels: int = BAR_PIXELS) -> list[Column]:
-    """The coverage's segments folded into at most ``pixels`` columns of equal id span:
-    cost in proportion to segments plus columns, never to ids."""
-    lo, hi = coverage.id_start, coverage.id_end
-    if lo is None or hi is None or hi < lo:
-        return []
-    span = hi - lo + 1
-    count = min(pixels, span)
-    bounds = [lo + span * i // count for i in range(count + 1)]  # column i: [b[i], b[i+1])
-    columns = [Column(bounds[i], bounds[i + 1] - 1, {}) for i in range(count)]
-    i = 0
-    for seg in coverage.segments:
-        while i < count and bounds[i + 1] <= seg.range_start:
-            i += 1
-        j = i
-        while j < count and bounds[j] <= seg.range_end:
-            ids = min(seg.range_end, bounds[j + 1] - 1) - max(seg.range_start, bounds[j]) + 1
-            cells = columns[j].ids
-            cells[seg.state] = cells.get(seg.state, 0) + ids
-            j += 1
-    return columns
-
-
-async def _timeline(store: Storage, name: str, generation: int) -> tuple[float, list[Bucket]]:
-    """Succeeded batches of the generation by the time their attempt ended, in at most
-    ``TIME_BUCKETS`` buckets, aggregated by the database."""
-    b = store.tables.batches
-    epoch = dialect_named(store.backend.dialect).epoch
-    ended, started = epoch(b.c.processing_end), epoch(b.c.processing_start)
-    mine = sa.and_(
-        b.c.job_identifier == name, b.c.generation == generation, b.c.status == "succeeded"
-    )
-    async with store.reading(f"reading the timeline of job {name!r}") as conn:
-        first, last = (
-            await conn.execute(sa.select(sa.func.min(ended), sa.func.max(ended)).where(mine))
-        ).one()
-        if first is None or last is None:
-            return 0.0, []
-        t0 = float(first)
-        width = max((float(last) - t0) / TIME_BUCKETS, 1.0)
-        # Whole buckets: a cast truncates, and every offset is >= 0. The last batch
-        # lands in bucket TIME_BUCKETS; it is folded into the one before below.
-        bucket = sa.cast((ended - t0) / width, sa.Integer).label("bucket")
-        duration = ended - started
-        query = (
-            sa.select(
-                bucket,
-                sa.func.count(),
-                sa.func.sum(b.c.item_count),
-                sa.func.sum(b.c.weight),
-                sa.func.avg(duration),
-                sa.func.max(duration),
-            )
-            .where(mine)
-            .group_by(bucket)
-            .order_by(bucket)
-        )
-        rows = (await conn.execute(query)).all()
-    merged: dict[int, list[float]] = {}
-    for index, count, items, weight, mean, longest in rows:
-        key = min(int(index), TIME_BUCKETS - 1)
-        old = merged.get(key)
-        if old is None:
-            merged[key] = [float(count), float(items), float(weight), float(mean), float(longest)]
-        else:  # the last instant's bucket, folded into the one before
-            total = old[0] + count
-            old[3] = (old[3] * old[0] + float(mean) * count) / total
-            old[0], old[1], old[2] = total, old[1] + float(items), old[2] + float(weight)
-            old[4] = max(old[4], float(longest))
-    return width, [
-        Bucket(t0 + k * width, int(v[0]), int(v[1]), v[2], v[3], v[4])
-        for k, v in sorted(merged.items())
-    ]
-
-
-async def _failures(store: Storage, name: str, generation: int) -> tuple[list[Failure], int]:
-    """The newest failed batches of the generation with their last attempt's log text."""
-    b, logs = store.tables.batches, store.tables.logs
-    mine = sa.and_(b.c.job_identifier == name, b.c.generation == generation, b.c.status == "failed")
-    query = (
-        sa.select(b, logs.c.logging.label("error_text"))
-        .select_from(b.outerjoin(logs, sa.and_(logs.c.id == b.c.id, logs.c.attempt == b.c.attempt)))
-        .where(mine)
-        .order_by(b.c.id.desc())
-        .limit(FAILED_SHOWN)
-    )
-    async with store.reading(f"reading the failed batches of job {name!r}") as conn:
-        total = int(await conn.scalar(sa.select(sa.func.count()).select_from(b).where(mine)) or 0)
-        rows = (await conn.execute(query)).all()
-    return [
-        Failure(
-            batch_id=int(r.id),
-            state=state_of(r),
-            range_start=int(r.range_start),
-            range_end=int(r.range_end),
-            attempt=int(r.attempt),
-            max_attempts=int(r.max_attempts),
-            ended=r.processing_end,
-            error=r.error_text,
-        )
-        for r in rows
-    ], total
 
 
 async def _page(store: Storage, name: str) -> JobPage:
@@ -237,15 +73,15 @@ async def _page(store: Storage, name: str) -> JobPage:
         status = await job_status(store, name)
     except BackendError as exc:
         note = f"the status could not be read: {exc}"
+    bar: Bar | None = None
     try:
-        coverage = await job_coverage(store, name)
+        bar = await coverage_bar(store, name)
     except InvalidArgumentError as exc:  # a job stored without a definition (0.1)
-        coverage, note = None, f"no coverage: {exc}"
-    generation = coverage.generation if coverage is not None else 0
-    width, buckets = await _timeline(store, name, generation)
-    failures, total = await _failures(store, name, generation)
-    columns = fold(coverage) if coverage is not None else []
-    return JobPage(name, status, note, coverage, columns, width, buckets, failures, total)
+        note = f"no coverage: {exc}"
+    generation = bar.generation if bar is not None else 0
+    width, buckets = await timeline(store, name, generation)
+    shown, total = await failures(store, name, generation)
+    return JobPage(name, status, note, bar, width, buckets, shown, total)
 
 
 async def html_report(
@@ -301,10 +137,10 @@ def _t(moment: datetime | float | None) -> str:
 
 
 def _bar(page: JobPage) -> str:
-    cov = page.coverage
-    if cov is None or not page.columns:
+    bar = page.bar
+    if bar is None or not bar.columns:
         return '<p class="empty">No id to show: the job and its source have no id yet.</p>'
-    columns = page.columns
+    columns = bar.columns
     width = len(columns)
     rects = []
     i = 0
@@ -324,24 +160,21 @@ def _bar(page: JobPage) -> str:
             f"{_e(state)} ({_e(detail or 'no id')})</title></rect>"
         )
         i = j + 1
-    totals: dict[str, list[int]] = {}
-    for seg in cov.segments:
-        t = totals.setdefault(seg.state, [0, 0])
-        t[0] += seg.range_end - seg.range_start + 1
-        t[1] += seg.batches
+    totals = bar.totals
     order = [s for s in STATES if s in totals] + sorted(set(totals) - set(STATES))
     legend = "".join(
         f'<li data-state="{_e(s)}"><span class="swatch" style="background:{colour(s)}"></span>'
         f"{_e(s)}: {_count(totals[s][0], 'id')}, {_count(totals[s][1], 'batch')}</li>"
         for s in order
     )
+    how = "" if bar.exact else "; ids apportioned within a column"
     return (
         f'<svg class="coverage" viewBox="0 0 {width} 28" preserveAspectRatio="none" '
-        f'width="100%" height="28" role="img" aria-label="coverage of ids {cov.id_start} to '
-        f'{cov.id_end}">{"".join(rects)}</svg>'
-        f'<div class="axis"><span>{_n(cov.id_start)}</span><span>ids (cursor {_n(cov.cursor)}, '
-        f"generation {cov.generation}; a column shows its most urgent state)</span>"
-        f"<span>{_n(cov.id_end)}</span></div>"
+        f'width="100%" height="28" role="img" aria-label="coverage of ids {bar.id_start} to '
+        f'{bar.id_end}">{"".join(rects)}</svg>'
+        f'<div class="axis"><span>{_n(bar.id_start)}</span><span>ids (cursor {_n(bar.cursor)}, '
+        f"generation {bar.generation}; a column shows its most urgent state{how})</span>"
+        f"<span>{_n(bar.id_end)}</span></div>"
         f'<ul class="legend">{legend}</ul>'
     )
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from pybatchintory import InvalidArgumentError, Inventory, Job
-from pybatchintory._html_report import BAR_PIXELS, fold
+from pybatchintory._report_data import BAR_PIXELS, coverage_bar, fold
 from pybatchintory._reports import Coverage, CoverageSegment
 from tests.conftest import IN_CI, Db
 from tests.integration.test_cli import cli
@@ -158,7 +158,32 @@ def test_fold_is_bounded() -> None:
     for i in range(1_000_000):
         state = "out_of_attempts" if i == 777_777 else ("succeeded" if i % 2 else "running")
         segments.append(CoverageSegment(state, 10 * i + 1, 10 * i + 10, 1, 10, 10.0))
-    columns = fold(Coverage("big", 0, None, 1, 10_000_000, tuple(segments)))
+    bar = fold(Coverage("big", 0, None, 1, 10_000_000, tuple(segments)))
+    columns = bar.columns
     assert len(columns) == BAR_PIXELS
     assert sum(sum(c.ids.values()) for c in columns) == 10_000_000
     assert [c.state for c in columns].count("out_of_attempts") == 1
+    assert bar.totals["out_of_attempts"] == [10, 1]
+    assert bar.totals["succeeded"] == [4_999_990, 499_999]  # id 777,777 is odd: it failed
+
+
+async def test_bar_folded_by_the_database_matches_the_exact_one(db: Db) -> None:
+    """Past EXACT_BATCHES batches the database groups them by column; on a window of
+    one column per id, that is exactly the coverage's segments folded in Python."""
+    async with db.inventory() as inv:
+        await _scenario(inv, db)
+        for name, pixels in (("convert", 20), ("convert", 7), ("validate", 20)):
+            exact = await coverage_bar(inv.storage, name, pixels)
+            grouped = await coverage_bar(inv.storage, name, pixels, exact_batches=0)
+            assert exact.exact and not grouped.exact
+            assert grouped.totals == exact.totals, name
+            assert [c.end for c in grouped.columns] == [c.end for c in exact.columns]
+            assert [sum(c.ids.values()) for c in grouped.columns] == [
+                c.end - c.start + 1 for c in exact.columns
+            ]
+            if pixels == 20:  # one id per column: no apportioning, identical
+                assert [c.ids for c in grouped.columns] == [c.ids for c in exact.columns]
+            assert [c.state for c in grouped.columns] == [c.state for c in exact.columns], (
+                name,
+                pixels,
+            )
