@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.report import JOB, fill
 from pybatchintory import InvalidArgumentError, Inventory, Job
 from pybatchintory._report_data import BAR_PIXELS, coverage_bar, fold
 from pybatchintory._reports import Coverage, CoverageSegment
@@ -187,3 +188,34 @@ async def test_bar_folded_by_the_database_matches_the_exact_one(db: Db) -> None:
                 name,
                 pixels,
             )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+async def test_million_batches_render_in_chromium(tmp_path: Path) -> None:
+    """The report of one job of 1,000,000 bulk-inserted batches (benchmarks/report.py's
+    job) renders in Chromium: one bar of at most BAR_PIXELS rectangles in which the
+    1,000 failed and 100 running batches still show, and the newest failed batches."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'big.sqlite3'}"
+    async with Inventory(url) as inv:
+        await fill(inv, 1_000_000)
+        page = tmp_path / "big.html"
+        await inv.html_report([JOB], path=page)
+    assert page.stat().st_size < 200_000
+    dom = browse(page, tmp_path / "big.png", height=1400)
+    sections = _sections(dom)
+    assert list(sections) == [JOB]
+    section = sections[JOB]
+    bar = section[section.index('<svg class="coverage"') : section.index("</svg>")]
+    states = re.findall(r'<rect [^>]*data-state="([^"]+)"', bar)
+    assert 1 < len(states) <= BAR_PIXELS
+    assert {"succeeded", "out_of_attempts", "not_taken"} <= set(states)
+    assert "ids apportioned within a column" in section  # the database grouped them
+    legend = section[section.index('<ul class="legend">') :]
+    assert "out_of_attempts: 5,000 ids, 500 batches" in legend
+    assert "retry_wait: 5,000 ids, 500 batches" in legend
+    assert "running: 1,000 ids, 100 batches" in legend
+    assert "not_taken: 100,000 ids, 0 batches" in legend
+    assert "The newest 50 of 1,000 failed batches." in section
+    assert section.count("<tr data-batch=") == 50
+    assert "is &lt;corrupt&gt; &amp; unreadable" in section
