@@ -46,6 +46,10 @@ class SqlDialect:
         """``column`` (a timestamp) as seconds since 1970 UTC: the report's time buckets."""
         raise NotImplementedError
 
+    def floor(self, value: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        """The integer part of ``value``, a number >= 0 (the report's bucket index)."""
+        raise NotImplementedError
+
 
 class _SQLite(SqlDialect):
     name, combined_writes, insert = "sqlite", False, staticmethod(sqlite.insert)
@@ -75,6 +79,11 @@ class _SQLite(SqlDialect):
         days = sa.func.julianday(sa.type_coerce(column, sa.String))
         return sa.type_coerce((days - 2440587.5) * 86400.0, sa.Double)
 
+    def floor(self, value: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        # CAST truncates, which is the floor of a number >= 0; SQLite's floor() needs
+        # its optional math functions.
+        return sa.cast(value, sa.BigInteger)
+
 
 class _PostgreSQL(SqlDialect):
     name, combined_writes, insert = "postgresql", True, staticmethod(postgresql.insert)
@@ -100,6 +109,10 @@ class _PostgreSQL(SqlDialect):
 
     def epoch(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
         return sa.cast(sa.extract("epoch", column), sa.Double)
+
+    def floor(self, value: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+        # CAST rounds to the nearest integer here: floor() first
+        return sa.cast(sa.func.floor(value), sa.BigInteger)
 
 
 _DIALECTS: dict[str, SqlDialect] = {d.name: d for d in (_SQLite(), _PostgreSQL())}

@@ -196,7 +196,7 @@ async def coverage_bar(
     end = sa.case((b.c.range_end > hi, hi), else_=b.c.range_end)
     bounds = _bounds(lo, hi, pixels)
     per_id = (len(bounds) - 1) / (hi - lo + 1)
-    column = sa.cast((start - lo) * per_id, sa.Integer).label("col")
+    column = dialect_named(store.backend.dialect).floor((start - lo) * per_id).label("col")
     keys = [b.c[c] for c in STATE_COLUMNS]
     query = (
         sa.select(
@@ -221,7 +221,7 @@ async def coverage_bar(
         total = bar.totals.setdefault(state, [0, 0])
         total[0] += ids
         total[1] += int(g.batches)
-        near = max(int(g.col) - 1, 0)  # the float column may round one too high
+        near = max(int(g.col) - 1, 0)  # a float product may land one column too high
         _spread(bar.columns, bounds, near, int(g.first), int(g.last), state, ids)
     for col in bar.columns:
         rest = col.end - col.start + 1 - sum(col.ids.values())
@@ -237,7 +237,8 @@ async def timeline(store: Storage, name: str, generation: int) -> tuple[float, l
     """Succeeded batches of the generation by the time their attempt ended, in at most
     ``TIME_BUCKETS`` buckets, aggregated by the database."""
     b = store.tables.batches
-    epoch = dialect_named(store.backend.dialect).epoch
+    dialect = dialect_named(store.backend.dialect)
+    epoch = dialect.epoch
     ended, started = epoch(b.c.processing_end), epoch(b.c.processing_start)
     mine = sa.and_(
         b.c.job_identifier == name, b.c.generation == generation, b.c.status == "succeeded"
@@ -250,9 +251,9 @@ async def timeline(store: Storage, name: str, generation: int) -> tuple[float, l
             return 0.0, []
         t0 = float(first)
         width = max((float(last) - t0) / TIME_BUCKETS, 1.0)
-        # Whole buckets: a cast truncates, and every offset is >= 0. The last batch
-        # lands in bucket TIME_BUCKETS; it is folded into the one before below.
-        bucket = sa.cast((ended - t0) / width, sa.Integer).label("bucket")
+        # The last batch lands in bucket TIME_BUCKETS; it is folded into the one before
+        # below.
+        bucket = dialect.floor((ended - t0) / width).label("bucket")
         duration = ended - started
         query = (
             sa.select(

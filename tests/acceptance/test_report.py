@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 
 from benchmarks.report import JOB, fill
 from pybatchintory import InvalidArgumentError, Inventory, Job
-from pybatchintory._report_data import BAR_PIXELS, coverage_bar, fold
+from pybatchintory._report_data import BAR_PIXELS, coverage_bar, fold, timeline
 from pybatchintory._reports import Coverage, CoverageSegment
 from tests.conftest import IN_CI, Db
 from tests.integration.test_cli import cli
@@ -219,3 +220,32 @@ async def test_million_batches_render_in_chromium(tmp_path: Path) -> None:
     assert "The newest 50 of 1,000 failed batches." in section
     assert section.count("<tr data-batch=") == 50
     assert "is &lt;corrupt&gt; &amp; unreadable" in section
+
+
+async def test_timeline_buckets_in_the_database(db: Db) -> None:
+    """Succeeded batches bucketed by the end of their attempt: 60 buckets from the first
+    end to the last, the last end folded into the last bucket; durations per bucket."""
+    async with db.inventory() as inv:
+        await _scenario(inv, db)  # validate: 4 succeeded batches (ids 1..5, .., 16..20)
+        b = inv.storage.tables.batches
+        base = datetime(2026, 3, 1, tzinfo=timezone.utc)
+        # ended at +0 s, +14 s, +15 s and +600 s (buckets of 10 s), lasting 1, 2, 3, 4 s
+        for n, (end, seconds) in enumerate(((0, 1), (14, 2), (15, 3), (600, 4))):
+            async with inv.inventory_engine.begin() as conn:
+                await conn.execute(
+                    sa.update(b)
+                    .where(b.c.job_identifier == "validate", b.c.range_start == 5 * n + 1)
+                    .values(
+                        processing_start=base + timedelta(seconds=end - seconds),
+                        processing_end=base + timedelta(seconds=end),
+                    )
+                )
+        width, buckets = await timeline(inv.storage, "validate", 0)
+    # SQLite's julianday() is exact to about a microsecond: approx
+    assert width == pytest.approx(10.0, abs=1e-3)
+    start = base.timestamp()
+    got = [(b.start - start, b.batches, b.items, b.mean_seconds, b.max_seconds) for b in buckets]
+    want = [(0.0, 1, 5, 1.0, 1.0), (10.0, 2, 10, 2.5, 3.0), (590.0, 1, 5, 4.0, 4.0)]
+    assert len(got) == len(want)
+    for row, expected in zip(got, want):
+        assert row == pytest.approx(expected, abs=1e-3)
