@@ -21,7 +21,16 @@ from datetime import datetime, timezone
 import anyio
 
 from ._coverage import STATES
-from ._report_data import TIME_BUCKETS, Bar, Bucket, Failure, coverage_bar, failures, timeline
+from ._report_data import (
+    TIME_BUCKETS,
+    Bar,
+    Bucket,
+    Column,
+    Failure,
+    coverage_bar,
+    failures,
+    timeline,
+)
 from ._reports import JobStatus
 from ._status import job_status, list_jobs
 from ._storage import Storage
@@ -142,24 +151,8 @@ def _bar(page: JobPage) -> str:
         return '<p class="empty">No id to show: the job and its source have no id yet.</p>'
     columns = bar.columns
     width = len(columns)
-    rects = []
-    i = 0
-    while i < width:  # adjacent columns of one state: one rectangle
-        j = i
-        state = columns[i].state
-        while j + 1 < width and columns[j + 1].state == state:
-            j += 1
-        ids: dict[str, int] = {}
-        for c in columns[i : j + 1]:
-            for s, n in c.ids.items():
-                ids[s] = ids.get(s, 0) + n
-        detail = ", ".join(f"{s} {_n(n)}" for s, n in sorted(ids.items(), key=lambda x: -x[1]))
-        rects.append(
-            f'<rect x="{i}" y="0" width="{j - i + 1}" height="28" fill="{colour(state)}" '
-            f'data-state="{_e(state)}"><title>ids {columns[i].start:,}..{columns[j].end:,}: '
-            f"{_e(state)} ({_e(detail or 'no id')})</title></rect>"
-        )
-        i = j + 1
+    rects = _runs(columns, lambda c: c.state, 'class="s" y="12" height="28"')
+    alerts = _runs(columns, lambda c: c.alert, 'class="alert" y="0" height="9"')
     totals = bar.totals
     order = [s for s in STATES if s in totals] + sorted(set(totals) - set(STATES))
     legend = "".join(
@@ -169,14 +162,39 @@ def _bar(page: JobPage) -> str:
     )
     how = "" if bar.exact else "; ids apportioned within a column"
     return (
-        f'<svg class="coverage" viewBox="0 0 {width} 28" preserveAspectRatio="none" '
-        f'width="100%" height="28" role="img" aria-label="coverage of ids {bar.id_start} to '
-        f'{bar.id_end}">{"".join(rects)}</svg>'
+        f'<svg class="coverage" viewBox="0 0 {width} 40" preserveAspectRatio="none" '
+        f'width="100%" height="40" role="img" aria-label="coverage of ids {bar.id_start} to '
+        f'{bar.id_end}">{alerts}{rects}</svg>'
         f'<div class="axis"><span>{_n(bar.id_start)}</span><span>ids (cursor {_n(bar.cursor)}, '
-        f"generation {bar.generation}; a column shows its most urgent state{how})</span>"
+        f"generation {bar.generation}; a column shows the state of most of its ids, the strip "
+        f"above it the most urgent one among them{how})</span>"
         f"<span>{_n(bar.id_end)}</span></div>"
         f'<ul class="legend">{legend}</ul>'
     )
+
+
+def _runs(columns: Sequence[Column], key: Callable[[Column], str | None], attributes: str) -> str:
+    """Adjacent columns with one key: one rectangle each, with a tooltip (None: none)."""
+    out = []
+    i = 0
+    while i < len(columns):
+        j = i
+        state = key(columns[i])
+        while j + 1 < len(columns) and key(columns[j + 1]) == state:
+            j += 1
+        if state is not None:
+            ids: dict[str, int] = {}
+            for c in columns[i : j + 1]:
+                for s, n in c.ids.items():
+                    ids[s] = ids.get(s, 0) + n
+            detail = ", ".join(f"{s} {_n(n)}" for s, n in sorted(ids.items(), key=lambda x: -x[1]))
+            out.append(
+                f'<rect {attributes} x="{i}" width="{j - i + 1}" fill="{colour(state)}" '
+                f'data-state="{_e(state)}"><title>ids {columns[i].start:,}..{columns[j].end:,}: '
+                f"{_e(state)} ({_e(detail)})</title></rect>"
+            )
+        i = j + 1
+    return "".join(out)
 
 
 def _chart(page: JobPage, label: str, css: str, value: Callable[[Bucket], float], unit: str) -> str:

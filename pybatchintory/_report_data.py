@@ -47,10 +47,13 @@ EXACT_BATCHES = 20_000
 # The batch columns ``_coverage._state`` reads: the database groups batches by them.
 STATE_COLUMNS = ("status", "attempt", "max_attempts")
 
-# Which state a column of many ids shows: the most urgent one among them, so that one
-# failed batch among a million succeeded ones stays visible. A state not listed (added
-# to the coverage later) ranks right after the failures.
-_URGENCY = ("out_of_attempts", "retry_wait", "running", "not_taken", "succeeded")
+# A column of many ids shows two things: the state most of its ids are in (the bar),
+# and, above it, the most urgent state needing attention among them (the alert strip),
+# so that one failed batch among a million succeeded ones stays visible without
+# painting a 0.1 % failure rate as a red bar. Calm states raise no alert; a state added
+# to the coverage later does, ranked right after the failures.
+_URGENCY = ("out_of_attempts", "retry_wait", "running")
+_CALM = ("succeeded", "not_taken", "beyond_horizon")
 
 
 def urgency(state: str) -> int:
@@ -70,7 +73,16 @@ class Column:
 
     @property
     def state(self) -> str:
-        return min(self.ids, key=urgency) if self.ids else "not_taken"
+        """The state of most of its ids (ties: the more urgent)."""
+        if not self.ids:
+            return "not_taken"
+        return max(self.ids, key=lambda s: (self.ids[s], s not in _CALM, -urgency(s)))
+
+    @property
+    def alert(self) -> str | None:
+        """The most urgent state among its ids that is not calm, if any."""
+        hot = [s for s, n in self.ids.items() if n > 0 and s not in _CALM]
+        return min(hot, key=urgency) if hot else None
 
 
 @dataclass(frozen=True)

@@ -104,8 +104,11 @@ async def test_report_in_chromium(db: Db, tmp_path: Path) -> None:
         assert section.count('<svg class="coverage"') == 1  # a bar per job
     convert = sections["convert"]
     bar = convert[convert.index('<svg class="coverage"') : convert.index("</svg>")]
-    # 20 ids over 20 columns: each state of the scenario has its own rectangle
-    states = re.findall(r'<rect [^>]*data-state="([^"]+)"', bar)
+    # 20 ids over 20 columns: each state of the scenario has its own rectangle, and the
+    # states needing attention their own in the alert strip above
+    states = re.findall(r'<rect class="s" [^>]*data-state="([^"]+)"', bar)
+    alerts = re.findall(r'<rect class="alert" [^>]*data-state="([^"]+)"', bar)
+    assert alerts == ["retry_wait", "out_of_attempts", "running"]
     assert states == [
         "succeeded",
         "retry_wait",
@@ -164,7 +167,8 @@ def test_fold_is_bounded() -> None:
     columns = bar.columns
     assert len(columns) == BAR_PIXELS
     assert sum(sum(c.ids.values()) for c in columns) == 10_000_000
-    assert [c.state for c in columns].count("out_of_attempts") == 1
+    assert [c.alert for c in columns].count("out_of_attempts") == 1
+    assert {c.state for c in columns} == {"running", "succeeded"}
     assert bar.totals["out_of_attempts"] == [10, 1]
     assert bar.totals["succeeded"] == [4_999_990, 499_999]  # id 777,777 is odd: it failed
 
@@ -195,8 +199,9 @@ async def test_bar_folded_by_the_database_matches_the_exact_one(db: Db) -> None:
 @pytest.mark.timeout(1200)
 async def test_million_batches_render_in_chromium(tmp_path: Path) -> None:
     """The report of one job of 1,000,000 bulk-inserted batches (benchmarks/report.py's
-    job) renders in Chromium: one bar of at most BAR_PIXELS rectangles in which the
-    1,000 failed and 100 running batches still show, and the newest failed batches."""
+    job) renders in Chromium: a bar of two rectangles (succeeded, then the untaken tail)
+    under an alert strip of at most BAR_PIXELS rectangles in which the 1,000 failed
+    batches show, the legend's exact counts, and the newest failed batches."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'big.sqlite3'}"
     async with Inventory(url) as inv:
         await fill(inv, 1_000_000)
@@ -208,9 +213,12 @@ async def test_million_batches_render_in_chromium(tmp_path: Path) -> None:
     assert list(sections) == [JOB]
     section = sections[JOB]
     bar = section[section.index('<svg class="coverage"') : section.index("</svg>")]
-    states = re.findall(r'<rect [^>]*data-state="([^"]+)"', bar)
-    assert 1 < len(states) <= BAR_PIXELS
-    assert {"succeeded", "out_of_attempts", "not_taken"} <= set(states)
+    states = re.findall(r'<rect class="s" [^>]*data-state="([^"]+)"', bar)
+    alerts = re.findall(r'<rect class="alert" [^>]*data-state="([^"]+)"', bar)
+    # most ids succeeded, then the untaken tail; every column holds failed batches
+    assert states == ["succeeded", "not_taken"]
+    assert 1 < len(alerts) <= BAR_PIXELS
+    assert {"out_of_attempts", "retry_wait"} <= set(alerts)
     assert "ids apportioned within a column" in section  # the database grouped them
     legend = section[section.index('<ul class="legend">') :]
     assert "out_of_attempts: 5,000 ids, 500 batches" in legend
