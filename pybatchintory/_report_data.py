@@ -20,6 +20,7 @@ from ._coverage import _state as state_of
 from ._dialects import dialect_named
 from ._reports import Coverage
 from ._storage import Storage
+from ._tables import unfinished
 
 __all__ = [
     "BAR_PIXELS",
@@ -199,29 +200,38 @@ async def coverage_bar(
         b.c.range_end >= lo,
     )
     async with store.reading(f"counting the batches of job {name!r}") as conn:
-        count = int(await conn.scalar(sa.select(sa.func.count()).where(mine)) or 0)
+        # counted up to one past the threshold only: the index scan stops there
+        some = sa.select(b.c.id).where(mine).limit(exact_batches + 1).subquery()
+        count = int(await conn.scalar(sa.select(sa.func.count()).select_from(some)) or 0)
     if count <= exact_batches:
         return fold(await job_coverage(store, name), pixels)
     # Each batch clipped to the window, grouped by the column its first id lies in and
     # by the columns that name its state: at most (columns x states) rows come back.
-    start = sa.case((b.c.range_start < lo, lo), else_=b.c.range_start)
-    end = sa.case((b.c.range_end > hi, hi), else_=b.c.range_end)
     bounds = _bounds(lo, hi, pixels)
     per_id = (len(bounds) - 1) / (hi - lo + 1)
-    column = dialect_named(store.backend.dialect).floor((start - lo) * per_id).label("col")
-    keys = [b.c[c] for c in STATE_COLUMNS]
-    query = (
+    start = sa.case((b.c.range_start < lo, lo), else_=b.c.range_start)
+    clipped = (
         sa.select(
-            column,
-            *keys,
-            sa.func.count().label("batches"),
-            sa.func.sum(end - start + 1).label("ids"),
-            sa.func.min(start).label("first"),
-            sa.func.max(end).label("last"),
+            start.label("start"),
+            sa.case((b.c.range_end > hi, hi), else_=b.c.range_end).label("end"),
+            dialect_named(store.backend.dialect).floor((start - lo) * per_id).label("col"),
+            *(b.c[c] for c in STATE_COLUMNS),
         )
         .where(mine)
-        .group_by(column, *keys)
-        .order_by(column)
+        .offset(0)  # each row's expressions once (see timeline())
+        .subquery()
+    )
+    keys = [clipped.c.col, *(clipped.c[c] for c in STATE_COLUMNS)]
+    query = (
+        sa.select(
+            *keys,
+            sa.func.count().label("batches"),
+            sa.func.sum(clipped.c.end - clipped.c.start + 1).label("ids"),
+            sa.func.min(clipped.c.start).label("first"),
+            sa.func.max(clipped.c.end).label("last"),
+        )
+        .group_by(*keys)
+        .order_by(clipped.c.col)
     )
     async with store.reading(f"reading the coverage of job {name!r}") as conn:
         groups = (await conn.execute(query)).all()
@@ -250,33 +260,49 @@ async def timeline(store: Storage, name: str, generation: int) -> tuple[float, l
     ``TIME_BUCKETS`` buckets, aggregated by the database."""
     b = store.tables.batches
     dialect = dialect_named(store.backend.dialect)
-    epoch = dialect.epoch
-    ended, started = epoch(b.c.processing_end), epoch(b.c.processing_start)
     mine = sa.and_(
         b.c.job_identifier == name, b.c.generation == generation, b.c.status == "succeeded"
     )
     async with store.reading(f"reading the timeline of job {name!r}") as conn:
+        # The timestamps themselves: their order is time order on both databases
+        # (SQLite's ISO text too), so no conversion runs per row here.
         first, last = (
-            await conn.execute(sa.select(sa.func.min(ended), sa.func.max(ended)).where(mine))
+            await conn.execute(
+                sa.select(sa.func.min(b.c.processing_end), sa.func.max(b.c.processing_end)).where(
+                    mine
+                )
+            )
         ).one()
         if first is None or last is None:
             return 0.0, []
-        t0 = float(first)
-        width = max((float(last) - t0) / TIME_BUCKETS, 1.0)
+        t0 = first.timestamp()
+        width = max((last.timestamp() - t0) / TIME_BUCKETS, 1.0)
+        # Each timestamp converted once per row: OFFSET 0 keeps both databases from
+        # merging the subquery into the aggregate (which would convert it per use).
+        times = (
+            sa.select(
+                dialect.epoch(b.c.processing_end).label("e"),
+                dialect.epoch(b.c.processing_start).label("s"),
+                b.c.item_count,
+                b.c.weight,
+            )
+            .where(mine)
+            .offset(0)
+            .subquery()
+        )
         # The last batch lands in bucket TIME_BUCKETS; it is folded into the one before
         # below.
-        bucket = dialect.floor((ended - t0) / width).label("bucket")
-        duration = ended - started
+        bucket = dialect.floor((times.c.e - t0) / width).label("bucket")
+        duration = times.c.e - times.c.s
         query = (
             sa.select(
                 bucket,
                 sa.func.count(),
-                sa.func.sum(b.c.item_count),
-                sa.func.sum(b.c.weight),
+                sa.func.sum(times.c.item_count),
+                sa.func.sum(times.c.weight),
                 sa.func.avg(duration),
                 sa.func.max(duration),
             )
-            .where(mine)
             .group_by(bucket)
             .order_by(bucket)
         )
@@ -301,7 +327,14 @@ async def timeline(store: Storage, name: str, generation: int) -> tuple[float, l
 async def failures(store: Storage, name: str, generation: int) -> tuple[list[Failure], int]:
     """The newest failed batches of the generation with their last attempt's log text."""
     b, logs = store.tables.batches, store.tables.logs
-    mine = sa.and_(b.c.job_identifier == name, b.c.generation == generation, b.c.status == "failed")
+    # unfinished(): the predicate of the partial index of unfinished batches, inline, so
+    # that PostgreSQL walks that index rather than the job's whole history.
+    mine = sa.and_(
+        b.c.job_identifier == name,
+        b.c.generation == generation,
+        unfinished(b),
+        b.c.status == "failed",
+    )
     query = (
         sa.select(b, logs.c.logging.label("error_text"))
         .select_from(b.outerjoin(logs, sa.and_(logs.c.id == b.c.id, logs.c.attempt == b.c.attempt)))
