@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pybatchintory import Inventory, Job
 from pybatchintory._coverage import job_coverage
 from pybatchintory._migrations import exclusion_constraint_name
+from pybatchintory._report_data import coverage_bar, failures, timeline
 from pybatchintory._status import job_status
 from pybatchintory.job import job_definition
 
@@ -181,6 +182,12 @@ async def bench(kind: str, batches: int, reps: int, out: str | None) -> None:
             status = await median_s(lambda: job_status(inv.storage, JOB), reps)
             coverage = await median_s(lambda: job_coverage(inv.storage, JOB), reps)
             segments = len((await job_coverage(inv.storage, JOB)).segments)
+            store = inv.storage
+            parts = {
+                "bar": await median_s(lambda: coverage_bar(store, JOB), reps),
+                "timeline": await median_s(lambda: timeline(store, JOB, 0), reps),
+                "failures": await median_s(lambda: failures(store, JOB, 0), reps),
+            }
             print(f"  report:   {report:7.2f} s median of {reps} ({len(page) / 1024:.0f} KiB page)")
             print(
                 f"  status:   {status:7.2f} s median of {reps} (report / status: {report / status:.1f})"
@@ -189,6 +196,7 @@ async def bench(kind: str, batches: int, reps: int, out: str | None) -> None:
                 f"  coverage: {coverage:7.2f} s median of {reps}, {segments:,} segments "
                 f"(report / exact coverage: {report / coverage:.2f})"
             )
+            print("  parts:   " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
             if out:
                 Path(out).write_text(page, encoding="utf-8")
                 print(f"  written to {out}")
