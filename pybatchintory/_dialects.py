@@ -108,7 +108,8 @@ class _PostgreSQL(SqlDialect):
         return column > sa.func.now() - interval
 
     def epoch(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
-        return sa.cast(sa.extract("epoch", column), sa.Double)
+        # date_part() is double precision; EXTRACT is numeric (half as fast on 1M rows)
+        return sa.type_coerce(sa.func.date_part("epoch", column), sa.Double)
 
     def floor(self, value: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
         # CAST rounds to the nearest integer here: floor() first
