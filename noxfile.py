@@ -37,7 +37,7 @@ nox.options.download_python = "never"
 ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 NEWEST, OLDEST = PYTHONS[-1], PYTHONS[0]
-EXTRAS = ("test", "examples", "mysql")
+EXTRAS = ("test", "examples", "mysql", "otel")
 _PASSED_THROUGH = ("PYBATCHINTORY_TEST_PG_URL", "PYBATCHINTORY_TEST_MYSQL_URL", "CI")
 
 

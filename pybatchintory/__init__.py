@@ -8,6 +8,7 @@ and :func:`configure`. Errors: :mod:`pybatchintory.exceptions`.
 
 import logging
 
+from ._metrics import JobGauges
 from ._reports import (
     AttemptLog,
     Backlog,
@@ -78,6 +79,7 @@ __all__ = [
     "Inventory",
     "InventoryFileGoneError",
     "InventoryNotOpenError",
+    "JobGauges",
     "Job",
     "JobOptions",
     "JobSourceMismatchError",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from . import _metrics
 from ._backend import BatchRecord, Outcome
 from ._engines import complete_despite_cancellation
 from ._source import Source
@@ -94,6 +95,7 @@ class Batch:
         self.lease_expires_at: datetime = record.lease_expires_at
         self.status: str = "running"
         self.result: dict[str, Any] | None = None
+        self._started = _metrics.clock()  # for the processing time (docs/metrics.md)
 
     def __repr__(self) -> str:
         return (
@@ -166,7 +168,8 @@ class Batch:
     async def _finish(self, outcome: Outcome, *, result: Any, text: str | None) -> None:
         # A cancelled caller: the write runs to its end (issue 13, item 2), and so does
         # the batch's own state, which must match what the inventory recorded.
-        await complete_despite_cancellation(self._record_outcome(outcome, result, text))
+        write = self._record_outcome(outcome, result, text)
+        await complete_despite_cancellation(_metrics.outcome(self, write, outcome))
 
     async def _record_outcome(self, outcome: Outcome, result: Any, text: str | None) -> None:
         delay = backoff_seconds(self._retry_delay, self.attempt) if outcome == "failed" else 0.0

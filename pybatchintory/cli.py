@@ -1,6 +1,6 @@
 """The ``pybatchintory`` command: create the tables, list jobs, show status, trace an
-item, map a job's coverage, plan its next batches, re-queue failed batches, reset a
-job, check and upgrade the tables' schema.
+item, map a job's coverage, write an HTML report, plan its next batches, re-queue
+failed batches, reset a job, check and upgrade the tables' schema.
 
 Configured like the library (``PYBATCHINTORY_*`` variables, ``.env``), with
 ``--inventory-url`` and ``--meta-url`` on top. Tables for people, ``--json`` for
@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("job")
     plan.add_argument("--next", type=_count, default=5, help="how many batches (default: 5)")
+    report = commands.add_parser(
+        "report", parents=[common], help="write a self-contained HTML page about some jobs"
+    )
+    report.add_argument("jobs", nargs="*", metavar="JOB", help="these jobs (default: every job)")
+    report.add_argument("--html", required=True, metavar="FILE", help="the page to write")
     retry = commands.add_parser(
         "retry", parents=[common], help="give failed batches one more attempt"
     )
@@ -634,6 +639,10 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
         if args.command == "plan":
             planned = await inventory.plan(args.job, args.next)
             return [p.as_dict() for p in planned], _plan_text(args.job, planned)
+        if args.command == "report":
+            await inventory.html_report(args.jobs or None, path=args.html)
+            which = ", ".join(args.jobs) if args.jobs else "every job"
+            return {"html": args.html, "jobs": args.jobs}, f"wrote {args.html} ({which})"
         if args.command == "retry":
             ids = await inventory.retry(args.job, args.batch)
             if ids:

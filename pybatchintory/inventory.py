@@ -16,6 +16,7 @@ from typing import Any, overload
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import Unpack
 
+from . import _metrics
 from ._admin import expire_batch, list_batches, pause_job, release_batch
 from ._backend import Backend, BatchRecord, JobState
 from ._coverage import coverage_diff, job_coverage
@@ -26,6 +27,7 @@ from ._engines import (
     write_transaction,
 )
 from ._forecast import forecast_of
+from ._html_report import html_report
 from ._idle import (
     backoff_reason,
     frontier_reason,
@@ -167,6 +169,7 @@ class Inventory:
         if store is None:
             return
         store.backend.closed = True  # its batches must not reopen the disposed pool
+        await _metrics.stop_observing(self)
         if store.backend.signal is not None:
             store.backend.signal.close()
         store.forget_sources()
@@ -278,6 +281,22 @@ class Inventory:
             until=until,
         )
 
+    async def observe_jobs(
+        self, jobs: Iterable[Job | str], *, interval: float = 60.0
+    ) -> _metrics.JobGauges:
+        """Report the OpenTelemetry gauges of ``jobs`` (Jobs or names): backlog items and
+        weight, running batches, age of the oldest lease, batches out of attempts and
+        horizon lag (docs/metrics.md). Their values are read now, then every
+        ``interval`` seconds on this inventory's event loop (a status per job each time);
+        the exporter's thread only reads the last values. Stop with ``.stop()``; closing
+        the inventory stops it too. Without ``opentelemetry-api`` installed it does
+        nothing."""
+        gauges = _metrics.observe(self, self.status, jobs, interval)
+        if _metrics.ENABLED:
+            await gauges.refresh()
+            gauges.start()
+        return gauges
+
     async def jobs(self) -> list[JobSummary]:
         """Every job with its source and a one-line status."""
         return await list_jobs(self.storage)
@@ -337,6 +356,15 @@ class Inventory:
         succeeded on and ``b`` has not, and the reverse, each with the other job's state
         there. The window defaults to the union of both jobs' windows."""
         return await coverage_diff(self.storage, a, b, id_start=id_start, id_end=id_end)
+
+    async def html_report(
+        self, jobs: Iterable[str] | None = None, *, path: str | os.PathLike[str] | None = None
+    ) -> str:
+        """One self-contained HTML page about ``jobs`` (names; None: every job): per job
+        its status and backlog, a coverage bar of its ids coloured by state, throughput
+        and batch duration over time, and the failed batches with their last error
+        (docs/report.md). Written to ``path`` when given; returned either way."""
+        return await html_report(self.storage, jobs, path)
 
     async def plan(self, job: Job | str, next: int = 5) -> list[PlannedBatch]:
         """The next ``next`` batches the job's acquisitions would hand out, without taking
@@ -600,6 +628,7 @@ class Inventory:
             taken += 1
             yield batch
 
+    @_metrics.timed  # acquisitions, their latency, weight and items (docs/metrics.md)
     async def _acquire(
         self, job: Job, source: Source, run: _RunWindow, load_items: bool
     ) -> Batch | None:

@@ -22,6 +22,7 @@ from anyio.from_thread import BlockingPortal
 from typing_extensions import Unpack
 
 from ._loop import EventLoopThread
+from ._metrics import JobGauges
 from ._progress import ProgressBar
 from ._reports import (
     Backlog,
@@ -447,6 +448,17 @@ class SyncInventory:
     ) -> CoverageDiff:
         """Same as :meth:`Inventory.coverage_diff`."""
         return self.call(self._inventory.coverage_diff, a, b, id_start=id_start, id_end=id_end)
+
+    def observe_jobs(self, jobs: Iterable[Job | str], *, interval: float = 60.0) -> JobGauges:
+        """Same as :meth:`Inventory.observe_jobs` (refreshed on this inventory's loop
+        thread; stop with ``inventory.call(gauges.stop)``, or by closing it)."""
+        return self.call(self._inventory.observe_jobs, jobs, interval=interval)
+
+    def html_report(
+        self, jobs: Iterable[str] | None = None, *, path: str | os.PathLike[str] | None = None
+    ) -> str:
+        """Same as :meth:`Inventory.html_report`."""
+        return self.call(self._inventory.html_report, jobs, path=path)
 
     def plan(self, job: Job | str, next: int = 5) -> list[PlannedBatch]:
         """Same as :meth:`Inventory.plan`."""
