@@ -6,6 +6,7 @@ where they fail: ``.ci/run`` installs it."""
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 
 from benchmarks.report import JOB, fill
 from pybatchintory import InvalidArgumentError, Inventory, Job
+from pybatchintory._html_report import backlog_eta
 from pybatchintory._report_data import BAR_PIXELS, coverage_bar, fold, timeline
 from pybatchintory._reports import Coverage, CoverageSegment
 from tests.conftest import IN_CI, Db
@@ -91,6 +93,8 @@ async def test_report_in_chromium(db: Db, tmp_path: Path) -> None:
         await _scenario(inv, db)
         page = tmp_path / "report.html"
         written = await inv.html_report(path=page)
+        eta = backlog_eta(await inv.status("convert"))
+    assert eta is not None and eta.startswith("ETA ")  # the forecast, at the job's pace
     assert page.read_text(encoding="utf-8") == written
     assert not re.search(r"<(script|link|img|iframe)\b|https?://", written), (
         "the page must need no network and run no script"
@@ -132,7 +136,7 @@ async def test_report_in_chromium(db: Db, tmp_path: Path) -> None:
     assert 'class="chart throughput"' in sections["validate"]
     assert 'class="chart duration"' in sections["validate"]
     assert "<th>backlog</th><td>6 items, weight 6</td>" in convert
-    assert "<th>ETA</th><td>no forecast</td>" in convert
+    assert f"<th>ETA</th><td>{html.escape(eta)}</td>" in convert
     assert "No failed batch." in sections["validate"]
 
 
