@@ -92,7 +92,8 @@ def postgres_problem() -> str | None:
                 await engine.dispose()
 
         try:
-            run_aside(lambda: asyncio.wait_for(probe(), 10))
+            # CREATE DATABASE on a busy machine can take seconds: more time when it may run.
+            run_aside(lambda: asyncio.wait_for(probe(), 10 if PG_URL == BASE_PG_URL else 30))
         except Exception as exc:  # any failure means "no server"
             shown = make_url(PG_URL).render_as_string(hide_password=True)
             _pg_problem = f"PostgreSQL at {shown} unreachable: {type(exc).__name__}: {exc}"
