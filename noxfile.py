@@ -7,6 +7,28 @@ lowest versions of the dependencies that pyproject.toml allows (its ``>=``
 floors, pinned with a constraints file), so that a floor is one that passes. One of
 them: ``nox -s "tests(3.12)"`` or ``nox -s "tests(floors)"``.
 
+What runs where, and why:
+
+- every test that is not ``slow`` runs on every Python and at the floors: the sync face,
+  asyncio's cancellation and timeouts, typing and the standard library (sqlite3,
+  argparse) differ between them, and a test cannot tell which of its lines depend on it;
+- the ``slow`` tests (many worker processes racing, PgBouncer, the lease soak, the
+  horizon chaos, the Dask example, a cold mypy run) run on the newest Python only:
+  they exercise the same library code as the rest, at scale, and take minutes.
+
+How it stays fast (CI, 2 cores, about 15 minutes for all five sessions and lint):
+
+- the non-slow tests run on ``XDIST_WORKERS`` pytest-xdist workers: they mostly wait
+  (on the databases, on sleeps, on subprocesses), so more workers than cores pays.
+  Each worker has a PostgreSQL database of its own (tests/conftest.py), and every test
+  a schema or a SQLite file of its own, so workers never see each other's tables, locks
+  or sessions;
+- the ``slow`` tests then run one at a time, without xdist: they measure concurrency
+  with processes of their own and need the machine to themselves;
+- the virtualenvs get compiled bytecode at install (uv does not compile by default, and
+  with PYTHONDONTWRITEBYTECODE set, every subprocess a test starts would compile
+  SQLAlchemy and pydantic again: three times the CPU of an import from bytecode).
+
 Interpreters are found on PATH (``python3.X``), and also among pyenv's installed
 versions (``$PYENV_ROOT/versions``), which need not be enabled. A missing interpreter
 skips its session, and fails it under CI=true.
@@ -15,6 +37,8 @@ PostgreSQL is taken from PYBATCHINTORY_TEST_PG_URL (default: the local server's 
 database), MySQL/MariaDB (metadata tables) from PYBATCHINTORY_TEST_MYSQL_URL (default:
 mysql+asyncmy://root@127.0.0.1:3306/test); without a server those tests skip with the
 reason, and fail under CI=true.
+Each session and each xdist worker uses a PostgreSQL database named after it
+(``test_py3_13_gw0``...), created when missing.
 """
 
 from __future__ import annotations
@@ -39,6 +63,8 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 NEWEST, OLDEST = PYTHONS[-1], PYTHONS[0]
 EXTRAS = ("test", "examples", "mysql", "otel")
 _PASSED_THROUGH = ("PYBATCHINTORY_TEST_PG_URL", "PYBATCHINTORY_TEST_MYSQL_URL", "CI")
+# Workers for the non-slow tests: I/O-bound, so twice the two cores of CI's machine.
+XDIST_WORKERS = os.environ.get("PYBATCHINTORY_TEST_WORKERS", "4")
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -95,22 +121,29 @@ def _floors() -> list[str]:
 def tests(session: nox.Session, deps: str) -> None:
     """The test suite on SQLite, PostgreSQL and MariaDB (examples included, Dask too)."""
     package = f".[{','.join(EXTRAS)}]"
+    # Compiled bytecode in the virtualenv (pip compiles by default, uv does not).
+    compile_env = {"UV_COMPILE_BYTECODE": "1"}
     if deps == "floors":
         constraints = Path(session.create_tmp()) / "floors.txt"
         constraints.write_text("\n".join(_floors()) + "\n")
         session.log("floors: " + ", ".join(_floors()))
-        session.install("-c", str(constraints), "-e", package)
+        session.install("-c", str(constraints), "-e", package, env=compile_env)
     else:
-        session.install("-e", package)
+        session.install("-e", package, env=compile_env)
+    # The package and the tests, which the test's subprocesses import too.
+    session.run("python", "-m", "compileall", "-q", "pybatchintory", "tests", silent=True)
+    env = {k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ}
+    # A PostgreSQL database per session (and per xdist worker), so that sessions may also
+    # run at once: ``test_py3_12_gw0``, ``test_floors``... (tests/conftest.py).
+    env["PYBATCHINTORY_TEST_PG_LABEL"] = (
+        "floors" if deps == "floors" else f"py{str(session.python).replace('.', '_')}"
+    )
     if session.posargs:
-        args = list(session.posargs)
-    elif session.python == NEWEST and deps == "latest":
-        args = ["-q"]  # the whole suite
-    else:
-        # The multi-process stress tests take a third of a run and exercise the same
-        # code as on the newest Python; each other test runs here (CI stays near 15 min).
-        args = ["-q", "-m", "not slow"]
-    session.run("pytest", *args, env={k: os.environ[k] for k in _PASSED_THROUGH if k in os.environ})
+        session.run("pytest", *session.posargs, env=env)
+        return
+    session.run("pytest", "-q", "-n", XDIST_WORKERS, "-m", "not slow", env=env)
+    if session.python == NEWEST and deps == "latest":
+        session.run("pytest", "-q", "-m", "slow", env=env)
 
 
 @nox.session

@@ -10,6 +10,15 @@ MySQL/MariaDB and the inventory on SQLite (docs/mysql.md): the server comes from
 ``PYBATCHINTORY_TEST_MYSQL_URL`` (default: the local server's ``test`` database), each
 test gets a database of its own there (the URL's database name plus a suffix), dropped
 afterwards; a missing server skips, and fails under CI=true, as PostgreSQL does.
+
+A run split over processes (pytest-xdist's workers, or nox sessions run at once) gives
+each process a database of its own on that server, so that nothing database-wide
+(``pg_locks``, which the exact horizon reads, ``pg_stat_activity``, the migrations'
+advisory lock) is shared between tests that run at the same moment: ``PG_URL`` below
+names ``<database>_<label>_<worker>`` (``PYBATCHINTORY_TEST_PG_LABEL``, set by each nox
+session, and ``PYTEST_XDIST_WORKER``), created on first use from the named database.
+Every test that uses the ``db`` fixture, or calls ``require_postgres()`` before it uses
+``PG_URL``, gets it.
 """
 
 from __future__ import annotations
@@ -30,16 +39,31 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pybatchintory import Inventory
 
-PG_URL = os.environ.get(
+BASE_PG_URL = os.environ.get(
     "PYBATCHINTORY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 MYSQL_URL = os.environ.get(
     "PYBATCHINTORY_TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"
 )
+
+
+def _database_of_this_process(base: str) -> str:
+    """``base`` with the database of this process: the named one in a plain run, else the
+    named one suffixed by the run's label and the xdist worker id (``test_py3_12_gw1``)."""
+    parts = [os.environ.get("PYBATCHINTORY_TEST_PG_LABEL"), os.environ.get("PYTEST_XDIST_WORKER")]
+    suffix = "_".join(p for p in parts if p)
+    if not suffix:
+        return base
+    url = make_url(base)
+    return url.set(database=f"{url.database}_{suffix}").render_as_string(hide_password=False)
+
+
+PG_URL = _database_of_this_process(BASE_PG_URL)
 T = TypeVar("T")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -70,6 +94,8 @@ def postgres_problem() -> str | None:
         _pg_checked = True
 
         async def probe() -> None:
+            if PG_URL != BASE_PG_URL:
+                await _create_database_if_missing(BASE_PG_URL, make_url(PG_URL).database)
             engine = create_async_engine(PG_URL)
             try:
                 async with engine.connect() as conn:
@@ -78,10 +104,32 @@ def postgres_problem() -> str | None:
                 await engine.dispose()
 
         try:
-            run_aside(lambda: asyncio.wait_for(probe(), 10))
+            # CREATE DATABASE on a busy machine can take seconds: more time when it may run.
+            run_aside(lambda: asyncio.wait_for(probe(), 10 if PG_URL == BASE_PG_URL else 30))
         except Exception as exc:  # any failure means "no server"
-            _pg_problem = f"PostgreSQL at {PG_URL} unreachable: {type(exc).__name__}: {exc}"
+            shown = make_url(PG_URL).render_as_string(hide_password=True)
+            _pg_problem = f"PostgreSQL at {shown} unreachable: {type(exc).__name__}: {exc}"
     return _pg_problem
+
+
+async def _create_database_if_missing(server_url: str, name: str | None) -> None:
+    """Create database ``name`` through ``server_url``'s database, unless it exists; a
+    process that creates it at the same moment is no error."""
+    assert name, "a database name"
+    engine = create_async_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            exists = await conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if not exists:
+                try:
+                    await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                except sa.exc.DBAPIError as exc:
+                    if "already exists" not in str(exc):
+                        raise
+    finally:
+        await engine.dispose()
 
 
 def require_postgres() -> None:

@@ -16,6 +16,13 @@ import sqlalchemy as sa
 from pybatchintory import Batch, Inventory
 from tests.conftest import Db
 
+# The lease of the batches under test, and how long the acquisition waits for the lock
+# first: longer than the lease, so a lease counted from the transaction's start would be
+# over at birth. Seconds, not one: a test on a busy machine (xdist workers on two cores)
+# may take a second between the grant and the next acquisition.
+LEASE = 3
+WAIT = LEASE + 1.5
+
 
 async def _hold_the_job(db: Db, job: str, seconds: float, held: asyncio.Event) -> None:
     """Keep the job's row (PostgreSQL) or the database's write lock (SQLite) for a while."""
@@ -38,7 +45,7 @@ async def _hold_the_job(db: Db, job: str, seconds: float, held: asyncio.Event) -
 
 async def _acquire_after_waiting(db: Db, inv: Inventory, acquire: dict[str, Any]) -> Batch | None:
     held = asyncio.Event()
-    holder = asyncio.ensure_future(_hold_the_job(db, "j", 2.0, held))
+    holder = asyncio.ensure_future(_hold_the_job(db, "j", WAIT, held))
     await held.wait()
     if db.kind == "postgresql":
         # Start the acquisition's transaction before the lock is released: it waits.
@@ -53,7 +60,7 @@ async def _acquire_after_waiting(db: Db, inv: Inventory, acquire: dict[str, Any]
 
 async def test_a_new_batch_granted_after_a_long_wait_is_not_born_expired(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 6)
-    acquire = {"source_table": table, "job_identifier": "j", "weight": 2, "lease_seconds": 1}
+    acquire = {"source_table": table, "job_identifier": "j", "weight": 2, "lease_seconds": LEASE}
     async with db.inventory(busy_timeout_seconds=10) as inv, db.inventory() as other:
         first = await inv.acquire_batch(**acquire)  # creates the job row
         assert first is not None
@@ -61,7 +68,7 @@ async def test_a_new_batch_granted_after_a_long_wait_is_not_born_expired(db: Db)
 
         batch = await _acquire_after_waiting(db, inv, acquire)
         assert batch is not None and batch.attempt == 1
-        # Granted just now with a 1 s lease: nobody may take it over yet.
+        # Granted just now with a LEASE s lease: nobody may take it over yet.
         again = await other.acquire_batch(**acquire)
         assert again is not None
         assert again.id != batch.id, "the batch was born expired and handed out twice"
@@ -71,11 +78,11 @@ async def test_a_new_batch_granted_after_a_long_wait_is_not_born_expired(db: Db)
 
 async def test_a_reclaimed_batch_granted_after_a_long_wait_is_not_born_expired(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 6)
-    acquire = {"source_table": table, "job_identifier": "j", "weight": 2, "lease_seconds": 1}
+    acquire = {"source_table": table, "job_identifier": "j", "weight": 2, "lease_seconds": LEASE}
     async with db.inventory(busy_timeout_seconds=10) as inv, db.inventory() as other:
         abandoned = await inv.acquire_batch(**acquire)
         assert abandoned is not None
-        await asyncio.sleep(1.2)  # its lease runs out: the next acquisition reclaims it
+        await asyncio.sleep(LEASE + 0.2)  # its lease runs out: the next acquisition reclaims it
 
         batch = await _acquire_after_waiting(db, inv, acquire)
         assert batch is not None
