@@ -2,7 +2,8 @@
 whole despite a cancellation, and SQLite cursors that let go of a failed statement in
 the connection's own thread.
 
-Installed on every engine by :func:`open_connections_whole` (a ``do_connect`` listener):
+Installed on every engine by :func:`open_connections_whole` (a ``do_connect`` listener;
+docs/design.md, "Finishing, leases and cancellation"):
 SQLAlchemy's asyncpg and aiosqlite adapters take the driver's connect function as the
 ``async_creator_fn`` connect argument, which is also how ``create_async_engine``'s public
 ``async_creator`` reaches them; here the URL's and ``connect_args``' parameters still
