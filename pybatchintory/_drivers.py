@@ -45,8 +45,8 @@ def open_connections_whole(engine: AsyncEngine) -> None:
         dialect: sa.Dialect, _record: Any, _cargs: Any, cparams: dict[str, Any]
     ) -> None:
         connect = cparams.get("async_creator_fn") or _DRIVER_CONNECT.get(str(dialect.driver))
-        if connect is None:
-            return
+        if connect is None or getattr(connect, "func", None) is _open_whole:
+            return  # already wrapped (never twice, whatever SQLAlchemy does with cparams)
         cparams["async_creator_fn"] = functools.partial(_open_whole, connect)
         if dialect.driver == "aiosqlite":
             cparams.setdefault("factory", _SqliteConnection)

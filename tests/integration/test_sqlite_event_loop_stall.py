@@ -27,7 +27,10 @@ async def test_collecting_garbage_while_a_finish_waits_for_the_lock_does_not_sta
     acquire = {"source_table": table, "job_identifier": "j", "weight": 2}
     path = db.url.split(":///", 1)[1]
     one_connection = {"pool_size": 1, "max_overflow": 0}
-    async with db.inventory(busy_timeout_seconds=4, engine_options=one_connection) as inv:
+    # Unfixed, the collection below waits out most of the busy timeout (9 s or more of
+    # these 10); a collection of the test process's heap takes well under 3 s even on a
+    # loaded machine.
+    async with db.inventory(busy_timeout_seconds=10, engine_options=one_connection) as inv:
         batch = await inv.acquire_batch(**acquire)
         assert batch is not None
         holder = sqlite3.connect(path, isolation_level=None)
@@ -51,5 +54,5 @@ async def test_collecting_garbage_while_a_finish_waits_for_the_lock_does_not_sta
         taken = await asyncio.wait_for(acquiring, 30)
         assert taken is not None and (taken.range_start, taken.range_end) == (3, 4)
         await taken.success()
-    assert stalled < 1.0, f"the event loop stood still for {stalled:.1f} s"
+    assert stalled < 3.0, f"the event loop stood still for {stalled:.1f} s"
     assert batch.status == "succeeded"
