@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ._drivers import open_connections_whole
 from .config import Settings, hide_password, redact, safe_url
 from .exceptions import BackendError, ConfigurationError, InventoryFileGoneError
 
@@ -172,6 +173,7 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
             f"cannot create an engine for {hide_password(dsn)} (check engine_options): "
             f"{type(exc).__name__}: {message}"
         ) from None
+    open_connections_whole(engine)  # see _drivers
     _refuse_bad_connect_args(engine, dsn, url)
     if url.get_backend_name() == "sqlite":
         _configure_sqlite(engine, settings, writer=writer)

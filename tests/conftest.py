@@ -24,12 +24,9 @@ Every test that uses the ``db`` fixture, or calls ``require_postgres()`` before 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
-import sys
 import time
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -355,18 +352,6 @@ async def _database(kind: str, tmp_path: Path) -> AsyncIterator[Db]:
                 await conn.execute(sa.text(f"DROP DATABASE `{meta_database}`"))
             await database.meta_engine.dispose()
         await engine.dispose()
-        if database.kind != "postgresql" and sys.version_info >= (3, 13):
-            _collect_known_sqlite_leak()
-
-
-def _collect_known_sqlite_leak() -> None:
-    """Known bug, left open: on Python 3.13 a cancelled SQLite acquisition can leave its
-    aiosqlite connection unclosed, and 3.13 reports that at garbage collection, in
-    whichever test runs next. Collect it here, quietly, so that the report does not
-    land on an unrelated test (the closing note of this release tracks the leak)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 @pytest.fixture
@@ -375,16 +360,6 @@ def pg_only(db: Db) -> Db:
     are deselected at collection, not skipped)."""
     assert db.kind == "postgresql", "the SQLite variant of a pg_only test is deselected"
     return db
-
-
-# Tests that cancel SQLite writes midway, where Python 3.13 reports the known leak.
-_KNOWN_SQLITE_LEAK_313 = frozenset(
-    {
-        "test_cancelled_acquisitions_leave_no_batch_running_without_an_owner",
-        "test_concurrent_cancelled_acquisitions_leave_no_batch_running",
-        "test_cancelling_open_midway_reports_the_cancellation_not_a_pending_rollback",
-    }
-)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -400,15 +375,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             dropped.append(item)
         else:
             kept.append(item)
-        name = getattr(item, "originalname", item.name)
-        if sqlite_variant and sys.version_info >= (3, 13) and name in _KNOWN_SQLITE_LEAK_313:
-            item.add_marker(
-                pytest.mark.xfail(
-                    strict=False,
-                    reason="known leak, left open: on 3.13 a cancelled SQLite acquisition "
-                    "can leave its aiosqlite connection unclosed",
-                )
-            )
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

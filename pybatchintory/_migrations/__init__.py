@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .._engines import backend_errors, read_connection, retry_transient
+from .._engines import backend_errors, read_connection, retry_transient, safe_write
 from .._tables import BackendTables
 from ..exceptions import SchemaVersionError
 
@@ -295,7 +295,10 @@ async def _upgrade(engine: AsyncEngine, tables: BackendTables, *, dry_run: bool)
 
     if engine.dialect.name == "postgresql":
         return await retry_transient(lambda: _in_postgresql_lock(engine, tables, work))
-    return await retry_transient(lambda: _in_sqlite_lock(engine, work))
+    # On the one cancellation-safe write path: a cancellation that cut the BEGIN
+    # IMMEDIATE midway left a statement of a connection closed meanwhile unfinalized,
+    # and the write lock held until the garbage collector found it (issue 13).
+    return await safe_write(lambda: _in_sqlite_lock(engine, work))
 
 
 async def _in_sqlite_lock(engine: AsyncEngine, work: Callable[[sa.Connection], T]) -> T:

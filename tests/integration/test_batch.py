@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 from typing import Any
 
@@ -361,12 +360,6 @@ async def test_items_without_loading_raise_a_helpful_error(db: Db) -> None:
 
 
 async def test_two_inventories_with_many_tasks_never_get_overlapping_ranges(db: Db) -> None:
-    if db.url.startswith("sqlite") and sys.version_info < (3, 11):  # the inventory
-        # Known bug, left open: on Python 3.10 two inventories of one process on one
-        # SQLite file can livelock under load (finishes wait out the busy timeout behind
-        # the fairness gate's acquisitions). Running it would fail, and leak its tasks'
-        # connections into the tests after it.
-        pytest.skip("known livelock of two inventories on one SQLite file on Python 3.10")
     items = 240
     table = await db.create_meta(weights=[1] * items)
     taken: list[tuple[int, int, str]] = []

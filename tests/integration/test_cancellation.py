@@ -4,7 +4,6 @@ idle in transaction holding a lock (issue 3, test 6)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
 import pytest
@@ -44,22 +43,6 @@ async def assert_nothing_held(db: Db, inv: Inventory) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-def sqlite_leak_known_on_313(db_kind: str, request: pytest.FixtureRequest) -> None:
-    """Known library bug, reported: on SQLite, an acquisition cancelled while its engine
-    reflects the source table leaves an aiosqlite connection unclosed, which Python 3.13
-    reports (ResourceWarning: unclosed database), failing the test. Strict: once fixed,
-    the XPASS fails the run, and this marker must go."""
-    if db_kind == "sqlite" and sys.version_info >= (3, 13):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="known leak: a cancelled SQLite acquisition leaves its connection unclosed",
-            )
-        )
-
-
-@pytest.mark.usefixtures("sqlite_leak_known_on_313")
 async def test_cancelling_acquisitions_at_many_delays_leaks_nothing_and_loses_nothing(
     db: Db,
 ) -> None:
