@@ -370,7 +370,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
         kind = params.get("db_kind", params.get("meta_db"))
-        sqlite_variant = kind == "sqlite"
         if kind in ("sqlite", "mariadb") and "pg_only" in getattr(item, "fixturenames", ()):
             dropped.append(item)
         else:
