@@ -273,7 +273,7 @@ async def test_plan_next_5_on_the_cli_takes_nothing_and_matches_the_next_5_acqui
 ) -> None:
     table = await db.create_meta(weights=[2, 1, 1, 3, 1, 1, 2, 2, 1, 1, 1, 1, 3, 1, 1, 1])
     async with db.inventory() as inv:
-        job = Job("plan_cli", source_table=table, weight=3, max_attempts=2)
+        job = Job("plan_cli", source_table=table, **db.job_options, weight=3, max_attempts=2)
         failed = await inv.acquire_batch(job, load_items=False)
         done = await inv.acquire_batch(job, load_items=False)
         assert failed and done

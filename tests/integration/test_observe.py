@@ -261,14 +261,15 @@ async def test_reset_rewinds_the_cursor_keeps_history_and_reruns(db: Db) -> None
         result = await inv.reset("j", to_id=3)
         assert (result.old_cursor, result.new_cursor, result.generation) == (9, 3, 1)
         assert result.carried == () and result.superseded == ()
+        assert result.kept == 1  # the succeeded batch 1..3 stands, in the new generation
         rerun = [(b.range_start, b.range_end) async for b in _succeed_all(inv, table, "j")]
         assert rerun == [(4, 6), (7, 9)]
         status = await inv.status("j")
         assert (status.cursor, status.generation, status.succeeded, status.superseded) == (
             9,
             1,
-            2,
             3,
+            2,
         )
         generations = [e.generation for e in await inv.trace(table, 5)]
         assert generations == [1, 0]
@@ -365,6 +366,9 @@ async def test_retry_and_reset_log_structured_fields(
             source_table=table, **db.job_options, job_identifier="j", weight=2, max_attempts=1
         )
         assert batch is not None
+        later = await inv.acquire_batch(source_table=table, **db.job_options, job_identifier="j")
+        assert later is not None
+        await later.success()  # the cursor moves past 2, so a reset to 2 changes something
         await batch.error("boom")
         caplog.clear()
         assert await inv.retry("j", batch.id) == [batch.id]
