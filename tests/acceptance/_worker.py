@@ -41,6 +41,9 @@ def _inventory(args: dict[str, Any]) -> Any:
         "schema_name": args.get("schema"),
         # Few connections per process: sixteen processes share one server with other tests.
         "pool_size": args.get("pool_size", 1),
+        # A drain stops at the first acquisition that returns None: the failures it
+        # plants must come back at once, not after a backoff (test_backoff covers that).
+        "retry_delay_seconds": 0,
     }
     if args.get("isolation_level"):
         settings["isolation_level"] = args["isolation_level"]
