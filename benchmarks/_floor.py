@@ -41,7 +41,8 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
         "reclaim": (
             f"SELECT id, attempt, max_attempts, status FROM {p}inventory WHERE job_identifier = "
             f"{ph[0]} AND status <> 'succeeded' AND generation = {ph[1]} AND ((status = 'running' "
-            f"AND lease_expires_at < {now}) OR (status = 'failed' AND attempt < max_attempts)) "
+            f"AND lease_expires_at < {now}) OR status = 'released' OR (status = 'failed' AND "
+            f"attempt < max_attempts AND (retry_after IS NULL OR retry_after <= {now}))) "
             "ORDER BY id LIMIT 1"
         ),
         "plan": f"SELECT id, weight FROM {source} WHERE id >= {ph[0]} ORDER BY id LIMIT {ph[1]}",
@@ -63,7 +64,7 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
         "load": f"SELECT id, uri, weight FROM {source} WHERE id >= {ph[0]} AND id <= {ph[1]} ORDER BY id",
         "finish": (
             f"UPDATE {p}inventory SET status = 'succeeded', processing_end = {now}, "
-            f"lease_expires_at = NULL, result = NULL WHERE id = {ph[0]} AND attempt = {ph[1]} "
+            f"lease_expires_at = NULL, result = NULL, retry_after = NULL WHERE id = {ph[0]} AND attempt = {ph[1]} "
             "AND status = 'running' RETURNING max_attempts"
         ),
         "close_log": (
@@ -84,7 +85,8 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
         ),
         "finish_and_log": (
             f"WITH finished AS (UPDATE {p}inventory SET status = 'succeeded', processing_end = "
-            f"{now}, lease_expires_at = NULL, result = NULL WHERE id = {ph[0]} AND attempt = "
+            f"{now}, lease_expires_at = NULL, result = NULL, max_attempts = max_attempts + 0, "
+            f"retry_after = NULL WHERE id = {ph[0]} AND attempt = "
             f"{ph[1]} AND status = 'running' RETURNING id, attempt, max_attempts), closed_log AS "
             f"(UPDATE {p}inventory_logs SET status = 'succeeded', processing_end = {now}, "
             f"logging = NULL FROM finished WHERE {p}inventory_logs.id = finished.id AND "

@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._dialects import dialect_named
 from ._engines import (
+    HotConnection,
     WriteGate,
     backend_errors,
-    read_connection,
+    hot_connection,
     safe_write,
     urgent_signal,
     write_transaction,
@@ -131,7 +132,7 @@ class Backend:
         )
 
     async def lock_job(
-        self, conn: AsyncConnection, job_identifier: str, binding: SourceBinding, definition: str
+        self, conn: HotConnection, job_identifier: str, binding: SourceBinding, definition: str
     ) -> JobState:
         """Insert the job's row if absent and lock it, in one statement; check that the
         job is bound to ``binding``; store ``definition`` when it changed (a budget or
@@ -158,7 +159,7 @@ class Backend:
 
     async def reclaim(
         self,
-        conn: AsyncConnection,
+        conn: HotConnection,
         job_identifier: str,
         job: JobState,
         window: tuple[int | None, int | None],
@@ -192,7 +193,7 @@ class Backend:
             return BatchRecord(**taken._mapping)
         return None
 
-    async def _expire_exhausted(self, conn: AsyncConnection, seen: dict[str, int]) -> None:
+    async def _expire_exhausted(self, conn: HotConnection, seen: dict[str, int]) -> None:
         if (await conn.execute(self.sql.expire_exhausted, seen)).rowcount != 1:
             return
         batch_id, attempt = seen["p_batch_id"], seen["p_attempt"]
@@ -206,7 +207,7 @@ class Backend:
 
     async def insert_batch(
         self,
-        conn: AsyncConnection,
+        conn: HotConnection,
         job_identifier: str,
         job: JobState,
         plan: BatchPlan,
@@ -235,7 +236,7 @@ class Backend:
         return BatchRecord(**row._mapping)
 
     async def _close_log(
-        self, conn: AsyncConnection, batch_id: int, attempt: int, status: str, text: str | None
+        self, conn: HotConnection, batch_id: int, attempt: int, status: str, text: str | None
     ) -> None:
         await conn.execute(
             self.sql.close_log,
@@ -305,11 +306,11 @@ class Backend:
         async with backend_errors(f"renewing the lease of batch {batch_id}", self.engine):
             return await safe_write(attempt_renew, gate=self.gate, urgent=True)
 
-    def _single_write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+    def _single_write(self) -> AbstractAsyncContextManager[HotConnection]:
         """Where one statement does the whole write (PostgreSQL), it is atomic by itself:
         autocommit saves the BEGIN and COMMIT round trips."""
         if self.sql.combined:
-            return read_connection(self.engine)
+            return hot_connection(self.engine)
         return write_transaction(self.engine)
 
     async def requeue(self, job_identifier: str, batch_id: int | None) -> list[int]:

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ._direct import DirectConnection, direct_connection, direct_transaction
 from ._drivers import open_connections_whole
 from .config import Settings, hide_password, redact, safe_url
 from .exceptions import BackendError, ConfigurationError, InventoryFileGoneError
@@ -81,6 +82,9 @@ _YIELD_SECONDS = 1.0
 _AUTOCOMMIT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 # PostgreSQL engines behind PgBouncer in transaction pooling mode: no autocommit
 _PGBOUNCER_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+# PostgreSQL engines on asyncpg, not behind PgBouncer: the hot path runs on asyncpg
+# itself (pybatchintory._direct)
+_DIRECT_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def _async_url(dsn: str) -> URL:
@@ -181,6 +185,8 @@ def create_engine(dsn: str, settings: Settings, *, writer: bool) -> AsyncEngine:
         _AUTOCOMMIT_ENGINES.add(engine.sync_engine)  # PostgreSQL and MySQL
     if pgbouncer:
         _PGBOUNCER_ENGINES.add(engine.sync_engine)
+    elif postgresql and engine.dialect.driver == "asyncpg":
+        _DIRECT_ENGINES.add(engine.sync_engine)
     _ENGINES.add(engine)
     return engine
 
@@ -377,6 +383,54 @@ _write_progress: ContextVar[_WriteProgress | None] = ContextVar(
 )
 
 
+# What the acquisition's statements run on: SQLAlchemy's connection or asyncpg's.
+HotConnection = AsyncConnection | DirectConnection
+
+
+def _runs_direct(engine: AsyncEngine) -> bool:
+    """Whether the hot path may bypass SQLAlchemy's execution on ``engine``: not when
+    someone watches its statements (``echo``, cursor-execute listeners such as
+    OpenTelemetry's SQLAlchemy instrumentation), who would then miss them."""
+    sync = engine.sync_engine
+    if sync not in _DIRECT_ENGINES or sync.echo:
+        return False
+    return not (sync.dispatch.before_cursor_execute or sync.dispatch.after_cursor_execute)
+
+
+def _no_longer_interruptible() -> None:
+    progress = _write_progress.get()
+    if progress is not None:
+        progress.interruptible = False  # the COMMIT follows
+
+
+@asynccontextmanager
+async def hot_transaction(engine: AsyncEngine) -> AsyncIterator[HotConnection]:
+    """:func:`write_transaction` for the acquisition's statements: on asyncpg (not
+    behind PgBouncer) run by asyncpg itself (:mod:`pybatchintory._direct`), which
+    offers ``execute`` and ``scalar`` only."""
+    if not _runs_direct(engine):
+        async with write_transaction(engine) as conn:
+            yield conn
+        return
+    progress = _write_progress.get()
+    if progress is not None:
+        progress.interruptible = True
+    async with direct_transaction(engine, _no_longer_interruptible) as direct:
+        yield direct
+
+
+@asynccontextmanager
+async def hot_connection(engine: AsyncEngine) -> AsyncIterator[HotConnection]:
+    """:func:`read_connection` for one statement on its own (a finish, a renewal, a
+    batch's items); on asyncpg run by asyncpg itself, outside any transaction."""
+    if not _runs_direct(engine):
+        async with read_connection(engine) as conn:
+            yield conn
+        return
+    async with direct_connection(engine) as direct:
+        yield direct
+
+
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction that writes: on SQLite it holds the write lock from its start."""
@@ -397,8 +451,7 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
             )
         async with conn.begin():
             yield conn
-            if progress is not None:
-                progress.interruptible = False  # the COMMIT follows
+            _no_longer_interruptible()
 
 
 @asynccontextmanager

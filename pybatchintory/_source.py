@@ -22,7 +22,7 @@ from sqlalchemy.exc import CompileError, NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ._dialects import dialect_named
-from ._engines import cursor_transaction, read_connection
+from ._engines import HotConnection, cursor_transaction, hot_connection, read_connection
 from ._horizon import Horizon, check_horizon
 from ._statements import frontier
 from ._tables import BackendTables
@@ -233,6 +233,12 @@ class Source:
             .order_by(self.id_col)
         )
         self._max_id: sa.Select[Any] = sa.select(sa.func.max(self.id_col))
+        # Items whose values SQLAlchemy would not convert may be read by the driver
+        # itself (pybatchintory._direct); others, say an ARRAY, go through SQLAlchemy.
+        dialect = self.engine.dialect
+        self._plain_items = all(
+            _no_result_processing(column.type, dialect) for column in self._range.selected_columns
+        )
 
     async def max_id(self) -> int | None:
         """The highest id in the table now: fixes the upper bound of a run (O(log n))."""
@@ -255,7 +261,7 @@ class Source:
         upper: int | None,
         budget: float | None,
         max_items: int | None,
-        conn: AsyncConnection | None = None,
+        conn: HotConnection | None = None,
         horizon_since: int | None = None,
     ) -> BatchPlan | None:
         """Choose the next batch: the longest run of matching ids from ``start`` that fits.
@@ -290,7 +296,7 @@ class Source:
         return planned
 
     async def _fill(
-        self, acc: RangeAccumulator, start: int, upper: int | None, conn: AsyncConnection | None
+        self, acc: RangeAccumulator, start: int, upper: int | None, conn: HotConnection | None
     ) -> None:
         """Offer ``acc`` the rows from ``start`` (up to ``upper``), page by page."""
         if self.engine.dialect.name == "postgresql":
@@ -323,7 +329,8 @@ class Source:
 
     async def load(self, range_start: int, range_end: int) -> list[dict[str, Any]]:
         """All rows of the range, as dicts."""
-        async with read_connection(self.engine) as conn:
+        connect = hot_connection if self._plain_items else read_connection
+        async with connect(self.engine) as conn:
             result = await conn.execute(
                 self._range, {"pybi_start": range_start, "pybi_end": range_end}
             )
@@ -346,6 +353,17 @@ class Source:
             keys = list(result.keys())
             async for chunk in result.partitions(chunk_size):
                 yield [dict(zip(keys, row)) for row in chunk]
+
+
+def _no_result_processing(type_: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> bool:
+    if isinstance(type_, (sa.Numeric, sa.Float)):  # (Float is no Numeric in SQLAlchemy 2.1)
+        # the driver returns float for float columns and Decimal for numeric ones, as
+        # SQLAlchemy does unless asked to convert (asdecimal against the column's kind)
+        return bool(type_.asdecimal) != isinstance(type_, sa.Float)
+    try:
+        return type_.dialect_impl(dialect).result_processor(dialect, None) is None
+    except Exception:  # a type that needs the driver's column type to decide
+        return False
 
 
 def _split_name(source_table: str) -> tuple[str | None, str]:

@@ -146,7 +146,8 @@ class Batch:
         payload = None if result is None else _json_dict(result)
         await self._finish("succeeded", result=payload, text=None)
         self.result = payload
-        logger.info("%s succeeded", self._describe(), extra=self._log_fields())
+        if logger.isEnabledFor(logging.INFO):  # its fields cost more than the call
+            logger.info("%s succeeded", self._describe(), extra=self._log_fields())
 
     async def error(self, exc_or_text: BaseException | str) -> None:
         """Record this attempt as failed, with the message and traceback in its log row.

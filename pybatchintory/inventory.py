@@ -24,7 +24,7 @@ from ._engines import (
     backend_errors,
     complete_despite_cancellation,
     create_engine,
-    write_transaction,
+    hot_transaction,
 )
 from ._forecast import forecast_of
 from ._html_report import html_report
@@ -650,7 +650,7 @@ class Inventory:
         async def take() -> BatchRecord | None:
             # at the tail, the horizon's refresh runs while the job row is being locked
             since = source.horizon.prefetch(upper) if source.horizon is not None else None
-            async with write_transaction(backend.engine) as conn:
+            async with hot_transaction(backend.engine) as conn:
                 state = await backend.lock_job(conn, name, source.binding, definition)
                 seen[0] = state
                 if state.paused_at is not None:  # workers in flight finish; none start
@@ -699,17 +699,18 @@ class Inventory:
             return None
         self.idle_reasons.pop(name, None)
         batch = Batch(backend, record, source, lease, retry_delay)
-        logger.info(
-            "acquired batch %s of job %s: ids %s..%s, attempt %s, %s items, weight %g",
-            record.id,
-            name,
-            record.range_start,
-            record.range_end,
-            record.attempt,
-            record.item_count,
-            record.weight,
-            extra=batch._log_fields(),
-        )
+        if logger.isEnabledFor(logging.INFO):  # its fields cost more than the call
+            logger.info(
+                "acquired batch %s of job %s: ids %s..%s, attempt %s, %s items, weight %g",
+                record.id,
+                name,
+                record.range_start,
+                record.range_end,
+                record.attempt,
+                record.item_count,
+                record.weight,
+                extra=batch._log_fields(),
+            )
         if load_items:
             await self._load_items(batch, source)
         return batch

@@ -1,0 +1,150 @@
+"""PostgreSQL's hot path on asyncpg itself (pybatchintory._direct, issue 12 point 5).
+
+Acquisitions and finishes run their SQLAlchemy-built statements on asyncpg directly,
+with transactions that SQLAlchemy's pool does not know of. What that must not change:
+errors are the same (translated, retried, wrapped), a connection whose transaction
+was cut off never goes back to the pool in a transaction, a dead one is dropped, and
+whoever watches the engine's statements (echo, listeners) still sees them all."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pybatchintory import Inventory
+from pybatchintory._direct import _CACHES
+from pybatchintory.exceptions import BackendError
+from tests.conftest import Db
+
+
+def _direct_statements(inv: Inventory) -> int:
+    """How many statements the direct path compiled for the inventory's engine."""
+    return len(_CACHES.get(inv.storage.backend.engine.sync_engine, {}))
+
+
+async def _lock_job_row(db: Db, job: str) -> Any:
+    """A connection holding the job's row lock (what a slow acquisition holds)."""
+    conn = await db.engine.connect()
+    await conn.begin()
+    await conn.execute(
+        sa.text(f'SELECT 1 FROM "{db.schema}".inventory_jobs WHERE job_identifier = :j FOR UPDATE'),
+        {"j": job},
+    )
+    return conn
+
+
+async def _idle_in_transaction(db: Db) -> int:
+    """Our library's sessions left inside a transaction with nothing running."""
+    return int(
+        await db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pybatchintory' "
+            "AND state LIKE 'idle in transaction%'"
+        )
+    )
+
+
+async def test_acquire_and_finish_run_on_asyncpg_directly(pg_only: Db) -> None:
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 6)
+    async with db.inventory() as inv:
+        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=3)
+        assert batch is not None and [i["id"] for i in batch.items] == [1, 2, 3]
+        await batch.success()
+        assert _direct_statements(inv) >= 4  # lock, reclaim lookup, plan, record, finish
+        status = await inv.status("j")
+    assert (status.succeeded, status.running, status.cursor) == (1, 0, 3)
+
+
+async def test_listeners_on_the_engine_still_see_every_statement(pg_only: Db) -> None:
+    # OpenTelemetry's SQLAlchemy instrumentation and echo=True listen this way: with a
+    # listener, the hot path goes through SQLAlchemy so that they miss nothing.
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 4)
+    seen: list[str] = []
+    async with db.inventory() as inv:
+        engine = inv.storage.backend.engine.sync_engine
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+        batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=2)
+        assert batch is not None
+        await batch.success()
+        assert _direct_statements(inv) == 0
+    assert any("inventory_jobs" in s and "ON CONFLICT" in s for s in seen)  # the job lock
+    assert any(s.startswith("WITH new_batch") for s in seen)  # the record
+    assert any(s.startswith("WITH finished") for s in seen)  # the finish
+
+
+async def test_a_cancelled_acquisition_leaves_no_transaction_open(pg_only: Db) -> None:
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 4)
+    async with db.inventory(pool_size=1) as inv:
+        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert first is not None
+        await first.success()
+        holder = await _lock_job_row(db, "j")
+        try:
+            waiting = asyncio.ensure_future(
+                inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+            )
+            await db.blocked_session_pid()  # the acquisition waits for the row lock
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert await _idle_in_transaction(db) == 0
+        finally:
+            await holder.rollback()
+            await holder.close()
+        # the one pooled connection is usable: the next acquisition takes id 2
+        second = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert second is not None and (second.range_start, second.range_end) == (2, 2)
+        await second.success()
+
+
+async def test_a_killed_session_is_a_backend_error_and_is_not_pooled_again(pg_only: Db) -> None:
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 4)
+    async with db.inventory(pool_size=1) as inv:
+        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert first is not None
+        await first.success()
+        holder = await _lock_job_row(db, "j")
+        try:
+            waiting = asyncio.ensure_future(
+                inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+            )
+            pid = await db.blocked_session_pid()
+            await db.scalar("SELECT pg_terminate_backend(:pid)", pid=pid)
+            with pytest.raises(BackendError, match="acquiring a batch of job 'j' failed"):
+                await asyncio.wait_for(waiting, 30)
+        finally:
+            await holder.rollback()
+            await holder.close()
+        second = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert second is not None and (second.range_start, second.range_end) == (2, 2)
+        await second.success()
+    rows = await db.rows("SELECT range_start FROM {s}inventory ORDER BY range_start")
+    assert [r[0] for r in rows] == [1, 2]  # the killed acquisition recorded nothing
+
+
+async def test_conflicts_under_serializable_are_retried_on_the_direct_path(pg_only: Db) -> None:
+    # Under SERIALIZABLE, every acquisition that waited for the job's row fails with
+    # 40001 once the holder commits; the translated error must reach retry_transient.
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 40)
+    async with db.inventory(isolation_level="SERIALIZABLE") as inv:
+
+        async def drain() -> list[tuple[int, int]]:
+            got = []
+            while batch := await inv.acquire_batch(
+                source_table=table, job_identifier="j", weight=1
+            ):
+                got.append((batch.range_start, batch.range_end))
+                await batch.success()
+            return got
+
+        results = await asyncio.gather(*(drain() for _ in range(4)))
+        assert _direct_statements(inv) > 0
+    taken = sorted(r for result in results for r in result)
+    assert taken == [(i, i) for i in range(1, 41)]  # every id once, none lost
