@@ -72,6 +72,18 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
             f"logging = NULL WHERE id = {ph[0]} AND attempt = {ph[1]} AND status = 'running'"
         ),
         # PostgreSQL: the library's merged forms (data-modifying CTEs), one statement each.
+        "lock_and_look": (
+            f"WITH locked_job AS (INSERT INTO {p}inventory_jobs (job_identifier, source_kind, "
+            f"source, id_column, filter_text, created_at, updated_at) VALUES ({ph[0]}, 'table', "
+            f"{ph[1]}, 'id', '', {now}, {now}) ON CONFLICT (job_identifier) DO UPDATE SET "
+            f"updated_at = {now} RETURNING source_kind, source, id_column, filter_text, cursor, "
+            "generation) SELECT locked_job.*, candidate.id AS candidate_id FROM locked_job LEFT "
+            f"JOIN (SELECT id FROM {p}inventory WHERE job_identifier = {ph[0]} AND generation = "
+            "(SELECT generation FROM locked_job) AND status <> 'succeeded' AND ((status = "
+            f"'running' AND lease_expires_at < {now}) OR status = 'released' OR (status = "
+            f"'failed' AND attempt < max_attempts AND (retry_after IS NULL OR retry_after <= "
+            f"{now}))) ORDER BY id LIMIT 1) candidate ON true"
+        ),
         "record_batch": (
             f"WITH new_batch AS (INSERT INTO {p}inventory (job_identifier, generation, "
             "processing_start, range_start, range_end, weight, item_count, attempt, max_attempts, "
@@ -137,8 +149,8 @@ class PgFloor:
     async def _one(self) -> bool:
         s, inv = self.sql, self.inv
         async with inv.transaction():
-            job = await inv.fetchrow(s["lock"], self.job, self.source)
-            if await inv.fetchrow(s["reclaim"], self.job, job["generation"]) is not None:
+            job = await inv.fetchrow(s["lock_and_look"], self.job, self.source)
+            if job["candidate_id"] is not None:
                 raise RuntimeError("the floor never fails a batch")
             start = 1 if job["cursor"] is None else job["cursor"] + 1
             planned = _take(await self.meta.fetch(s["plan"], start, BATCH_ITEMS + 1), BATCH_ITEMS)

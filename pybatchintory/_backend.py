@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -43,6 +43,13 @@ HIGHEST_ID = 2**63 - 1  # ids are 64-bit signed integers end to end
 LEASE_EXPIRED = "lease expired: the worker stopped renewing it (crashed, killed or hung)"
 
 
+class _Candidate(NamedTuple):
+    id: int
+    attempt: int
+    max_attempts: int
+    status: str
+
+
 @dataclass(frozen=True)
 class JobState:
     """The locked job row's cursor and generation."""
@@ -51,6 +58,10 @@ class JobState:
     generation: int
     paused_at: datetime | None = None
     pause_reason: str | None = None
+    # PostgreSQL looks for the first reclaimable batch together with the lock:
+    # ``looked`` then, and ``candidate`` what it found (id, attempt, max_attempts, status)
+    looked: bool = False
+    candidate: _Candidate | None = None
 
     @property
     def exhausted(self) -> bool:
@@ -132,13 +143,19 @@ class Backend:
         )
 
     async def lock_job(
-        self, conn: HotConnection, job_identifier: str, binding: SourceBinding, definition: str
+        self,
+        conn: HotConnection,
+        job_identifier: str,
+        binding: SourceBinding,
+        definition: str,
+        window: tuple[int | None, int | None] = (None, None),
     ) -> JobState:
         """Insert the job's row if absent and lock it, in one statement; check that the
         job is bound to ``binding``; store ``definition`` when it changed (a budget or
         lease given per call is the newest definition). On SQLite the transaction holds
-        the write lock."""
-        params = {
+        the write lock. On PostgreSQL the same statement looks for the first batch to
+        reclaim in ``window`` (see :meth:`reclaim`)."""
+        params: dict[str, Any] = {
             "p_job": job_identifier,
             "p_kind": binding.kind,
             "p_source": binding.name,
@@ -146,7 +163,11 @@ class Backend:
             "p_filter_text": binding.filter_text,
             "p_definition": definition,
         }
-        row = (await conn.execute(self.sql.lock_job, params)).one()
+        statement = self.sql.lock_job
+        if self.sql.lock_and_look is not None:
+            statement = self.sql.lock_and_look[window != (None, None)]
+            params.update(p_id_start=window[0], p_id_end=window[1])
+        row = (await conn.execute(statement, params)).one()
         bound = SourceBinding(row.source_kind, row.source, row.id_column, row.filter_text)
         if not binding.accepts(bound):
             raise JobSourceMismatchError(
@@ -155,7 +176,18 @@ class Backend:
             )
         if row.definition != definition:
             await conn.execute(self.sql.store_definition, params)
-        return JobState(row.cursor, row.generation, row.paused_at, row.pause_reason)
+        looked = self.sql.lock_and_look is not None
+        candidate = None
+        if looked and row.candidate_id is not None:
+            candidate = _Candidate(
+                row.candidate_id,
+                row.candidate_attempt,
+                row.candidate_max_attempts,
+                row.candidate_status,
+            )
+        return JobState(
+            row.cursor, row.generation, row.paused_at, row.pause_reason, looked, candidate
+        )
 
     async def reclaim(
         self,
@@ -173,16 +205,24 @@ class Backend:
         if window != (None, None):
             candidate = self.sql.reclaim_candidate_in_window
             lookup.update(p_id_start=window[0], p_id_end=window[1])
-        while found := (await conn.execute(candidate, lookup)).first():
+
+        async def look() -> Any:
+            return (await conn.execute(candidate, lookup)).first()
+
+        # On PostgreSQL the job's lock statement made the first lookup (JobState.looked).
+        found: Any = job.candidate if job.looked else await look()
+        while found is not None:
             seen = {"p_batch_id": found.id, "p_attempt": found.attempt}
             was_running = found.status == "running"
             if was_running and found.attempt >= found.max_attempts:
                 await self._expire_exhausted(conn, seen)
+                found = await look()
                 continue
             take = self.sql.take_expired if was_running else self.sql.take_failed
             params = {**seen, "p_worker": worker, **lease_params(self.dialect, lease_seconds)}
             taken = (await conn.execute(take, params)).first()
-            if taken is None:  # finished or renewed since the lookup: look again
+            if taken is None:  # finished, renewed or taken since the lookup: look again
+                found = await look()
                 continue
             if was_running:
                 await self._close_log(conn, found.id, found.attempt, "failed", LEASE_EXPIRED)

@@ -116,6 +116,8 @@ class Statements:
 
     combined: bool
     lock_job: Any
+    # PostgreSQL: lock_job with the first reclaim lookup (outside a window, in one)
+    lock_and_look: tuple[Any, Any] | None
     store_definition: Any
     reclaim_candidate: Any
     reclaim_candidate_in_window: Any
@@ -171,26 +173,33 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
     # Statuses inline, as in the partial index ix_<batches>_reclaimable's predicate.
     expired = lease_expired(b, now)
     retryable = due_again(b, now)
-    reclaim_candidate = (
-        sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
-        .where(
-            b.c.job_identifier == p("p_job"),
-            b.c.generation == p("p_generation"),
-            # Redundant, but SQLite's planner matches only this plain term to a partial
-            # index (ix_<batches>_unfinished); PostgreSQL picks ix_<batches>_reclaimable.
-            unfinished(b),
-            sa.or_(expired, retryable),
+
+    def candidate(generation: Any, in_window: bool) -> sa.Select[Any]:
+        found = (
+            sa.select(b.c.id, b.c.attempt, b.c.max_attempts, b.c.status)
+            .where(
+                b.c.job_identifier == p("p_job"),
+                b.c.generation == generation,
+                # Redundant, but SQLite's planner matches only this plain term to a partial
+                # index (ix_<batches>_unfinished); PostgreSQL picks ix_<batches>_reclaimable.
+                unfinished(b),
+                sa.or_(expired, retryable),
+            )
+            .order_by(b.c.id)
+            .limit(1)
         )
-        .order_by(b.c.id)
-        .limit(1)
-    )
-    # A backfill's window, in a statement of its own: a range_start bound in every
-    # lookup would lead SQLite's planner to the (job, range_start) index and through
-    # the job's whole history.
-    reclaim_candidate_in_window = reclaim_candidate.where(
-        b.c.range_start >= sa.func.coalesce(p("p_id_start", type_=sa.BigInteger), _LOWEST),
-        b.c.range_end <= sa.func.coalesce(p("p_id_end", type_=sa.BigInteger), _HIGHEST),
-    )
+        if not in_window:
+            return found
+        # A backfill's window, in a statement of its own: a range_start bound in every
+        # lookup would lead SQLite's planner to the (job, range_start) index and through
+        # the job's whole history.
+        return found.where(
+            b.c.range_start >= sa.func.coalesce(p("p_id_start", type_=sa.BigInteger), _LOWEST),
+            b.c.range_end <= sa.func.coalesce(p("p_id_end", type_=sa.BigInteger), _HIGHEST),
+        )
+
+    reclaim_candidate = candidate(p("p_generation"), in_window=False)
+    reclaim_candidate_in_window = candidate(p("p_generation"), in_window=True)
     # Fenced on what the candidate query saw: a finish or heartbeat that committed in
     # between makes these match nothing.
     seen = sa.and_(b.c.id == p("p_batch_id"), b.c.attempt == p("p_attempt"))
@@ -262,7 +271,23 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
     )
 
     combined = dialect_named(dialect).combined_writes
+    lock_and_look: tuple[Any, Any] | None = None
     if combined:
+        # The job's lock and the first reclaim lookup in one round trip, which the lock
+        # is held for one statement less (16 workers on one job queue on that lock).
+        # The lookup reads the statement's snapshot, taken before a wait for the lock:
+        # a batch the lock's previous holder took since is then seen as free, and the
+        # fenced take (on id and attempt) finds it gone and looks again, afresh.
+        locked = lock_job.cte("locked_job")
+        generation = sa.select(locked.c.generation).scalar_subquery()
+
+        def with_lookup(in_window: bool) -> sa.Select[Any]:
+            found = candidate(generation, in_window).subquery("candidate")
+            return sa.select(
+                *locked.c, *(found.c[k].label(f"candidate_{k}") for k in found.c.keys())
+            ).select_from(locked.outerjoin(found, sa.true()))
+
+        lock_and_look = (with_lookup(False), with_lookup(True))
         new = insert_batch.returning(*record).cte("new_batch")
         first_log = sa.insert(logs).from_select(
             ["id", "attempt", "processing_start", "status", "worker"],
@@ -286,6 +311,7 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
     return Statements(
         combined=combined,
         lock_job=lock_job,
+        lock_and_look=lock_and_look,
         store_definition=store_definition,
         reclaim_candidate=reclaim_candidate,
         reclaim_candidate_in_window=reclaim_candidate_in_window,

@@ -651,7 +651,7 @@ class Inventory:
             # at the tail, the horizon's refresh runs while the job row is being locked
             since = source.horizon.prefetch(upper) if source.horizon is not None else None
             async with hot_transaction(backend.engine) as conn:
-                state = await backend.lock_job(conn, name, source.binding, definition)
+                state = await backend.lock_job(conn, name, source.binding, definition, job.window)
                 seen[0] = state
                 if state.paused_at is not None:  # workers in flight finish; none start
                     return None

@@ -37,11 +37,13 @@ async def _lock_job_row(db: Db, job: str) -> Any:
 
 
 async def _idle_in_transaction(db: Db) -> int:
-    """Our library's sessions left inside a transaction with nothing running."""
+    """The library's sessions on this test's tables left inside a transaction."""
     return int(
         await db.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pybatchintory' "
-            "AND state LIKE 'idle in transaction%'"
+            "AND datname = current_database() AND state LIKE 'idle in transaction%' "
+            "AND position(:schema in query) > 0",
+            schema=db.schema,
         )
     )
 

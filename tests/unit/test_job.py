@@ -231,3 +231,19 @@ def test_a_bad_filter_is_named(filter: Any, message: str) -> None:
 def test_invalid_argument_error_is_also_a_value_error() -> None:
     with pytest.raises(ValueError):
         job(weight=0)
+
+
+def test_the_keyword_form_reuses_the_job_of_identical_calls() -> None:
+    # Its definition and source are cached by identity: a loop of identical calls must
+    # not build and check a new Job each time (benchmarks/floor.py).
+    args = {"source_table": "meta", "job_identifier": "reuse", "weight": 10}
+    first = resolve_job(None, None, args)
+    assert resolve_job(None, None, dict(args)) is first
+    assert resolve_job(None, None, {**args, "weight": 11}) is not first
+    # A value equal to another of another type is no shortcut past the checks.
+    assert resolve_job(None, None, {**args, "max_items": 1}).max_items == 1
+    with pytest.raises(InvalidArgumentError, match="max_items"):
+        resolve_job(None, None, {**args, "max_items": True})
+    # Unhashable arguments are built every time, and still equal.
+    filtered = {**args, "filter": {"category": ["a", "b"]}}
+    assert resolve_job(None, None, filtered) == resolve_job(None, None, filtered)
