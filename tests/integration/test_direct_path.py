@@ -150,3 +150,39 @@ async def test_conflicts_under_serializable_are_retried_on_the_direct_path(pg_on
         assert _direct_statements(inv) > 0
     taken = sorted(r for result in results for r in result)
     assert taken == [(i, i) for i in range(1, 41)]  # every id once, none lost
+
+
+async def test_a_batch_taken_while_waiting_for_the_job_lock_is_not_taken_twice(
+    pg_only: Db,
+) -> None:
+    # The job's lock statement also looks for a batch to reclaim, in the snapshot it took
+    # before waiting for the lock: a batch the lock's holder took meanwhile looks free
+    # there. The fenced take must find it gone and look again (docs/design.md, step 2).
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 4)
+    async with db.inventory() as inv:
+        failed = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert failed is not None
+        await failed.error(RuntimeError("boom"))  # reclaimable at once (no backoff here)
+        holder = await _lock_job_row(db, "j")
+        try:
+            waiting = asyncio.ensure_future(
+                inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+            )
+            await db.blocked_session_pid()
+            # the holder takes the failed batch over, as another worker's acquisition would
+            await holder.execute(
+                sa.text(
+                    f'UPDATE "{db.schema}".inventory SET status = \'running\', attempt = 2, '
+                    "lease_expires_at = now() + interval '1 hour' WHERE id = :id"
+                ),
+                {"id": failed.id},
+            )
+            await holder.commit()
+            got = await asyncio.wait_for(waiting, 30)
+        finally:
+            await holder.close()
+        assert got is not None and (got.range_start, got.attempt) == (2, 1)  # a new range
+        await got.success()
+    row = (await db.rows("SELECT status, attempt FROM {s}inventory WHERE id = :i", i=failed.id))[0]
+    assert (row.status, row.attempt) == ("running", 2)  # still the holder's, untouched
