@@ -75,8 +75,10 @@ class DirectResult:
         return self._rows[0] if self._rows else None
 
     def one(self) -> Any:
-        if len(self._rows) != 1:
-            raise sa.exc.NoResultFound(f"expected one row, got {len(self._rows)}")
+        if not self._rows:
+            raise sa.exc.NoResultFound("expected one row, got none")
+        if len(self._rows) > 1:
+            raise sa.exc.MultipleResultsFound(f"expected one row, got {len(self._rows)}")
         return self._rows[0]
 
     def scalar(self) -> Any:
@@ -98,6 +100,9 @@ class _Compiled:
 
 def _compile(statement: Any, dialect: Dialect) -> _Compiled:
     compiled = statement.compile(dialect=dialect)
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        # Python-side column defaults are computed by SQLAlchemy's execution context
+        raise AssertionError("the direct path cannot run a statement with Python defaults")
     # A filter's IN list is fixed in the statement: expanded once, here, as SQLAlchemy
     # expands it at each execution. Values given at execution come from the caller.
     given_later = {name: None for name, bind in compiled.binds.items() if bind.required}
@@ -183,17 +188,22 @@ class DirectConnection:
 async def _pooled(engine: AsyncEngine) -> AsyncIterator[DirectConnection]:
     """A connection of the engine's pool, without SQLAlchemy's Connection around it (a
     third of what remained of SQLAlchemy's cost per cycle): returned as SQLAlchemy
-    returns one (reset, then queued), or discarded when its session was lost."""
+    returns one (reset, then queued). When its session is lost, it and every connection
+    opened before it are replaced, as SQLAlchemy does after a disconnect (the server
+    they reached restarted or failed over)."""
     pooled = await engine.raw_connection()
     direct = DirectConnection(engine, pooled)
     try:
         yield direct
-    except sa.exc.DBAPIError as exc:
-        if exc.connection_invalidated and pooled.is_valid:
-            await greenlet_spawn(pooled.invalidate, exc)
+    except BaseException as exc:
+        lost = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+        if lost or direct._raw.is_closed():
+            with anyio.CancelScope(shield=True):
+                await greenlet_spawn(engine.sync_engine.pool._invalidate, pooled, exc)
         raise
     finally:
-        await greenlet_spawn(pooled.close)
+        with anyio.CancelScope(shield=True):
+            await greenlet_spawn(pooled.close)
 
 
 @asynccontextmanager
@@ -212,16 +222,23 @@ async def direct_transaction(
 
     SQLAlchemy's adapter does not know of it, so its reset-on-return would not roll it
     back: every way out of here ends it first, and a connection whose transaction
-    cannot be ended (a cancelled rollback, a lost server) is closed, never pooled.
+    cannot be ended (a BEGIN or ROLLBACK that failed or was cancelled, a lost server) is
+    closed, never pooled.
     """
     async with _pooled(engine) as direct:
         raw = direct._raw
         isolation = getattr(direct._adapted, "isolation_level", None)
-        transaction = raw.transaction(isolation=None if isolation == "autocommit" else isolation)
         try:
+            transaction = raw.transaction(
+                isolation=None if isolation == "autocommit" else isolation
+            )
             await transaction.start()
-        except Exception as exc:
-            raise direct._translated(exc, "BEGIN", []) from exc
+        except BaseException as exc:
+            # asyncpg's own state after a cut BEGIN cannot be trusted: close the session
+            await _discard(direct)
+            if isinstance(exc, Exception):
+                raise direct._translated(exc, "BEGIN", []) from exc
+            raise
         try:
             yield direct
             before_commit()
@@ -237,18 +254,20 @@ async def direct_transaction(
 async def _end(direct: DirectConnection, transaction: Any) -> None:
     """Roll back what is left of a failed transaction, or close its connection."""
     raw = direct._raw
-    if raw.is_closed():
-        with anyio.CancelScope(shield=True):
-            await greenlet_spawn(direct._pooled.invalidate)
-        return
-    if not raw.is_in_transaction():
-        return
+    if raw.is_closed() or not raw.is_in_transaction():
+        return  # closed: _pooled replaces it
     try:
         with anyio.CancelScope(shield=True):
             await transaction.rollback()
     except BaseException as exc:
-        raw.terminate()  # synchronous: the server rolls back when the socket closes
-        with anyio.CancelScope(shield=True):
-            await greenlet_spawn(direct._pooled.invalidate)
+        await _discard(direct)
         if not isinstance(exc, Exception):
             raise  # a cancellation goes on; a failed rollback gives way to the first error
+
+
+async def _discard(direct: DirectConnection) -> None:
+    """Close the session (the server rolls back what it holds) and drop the connection."""
+    direct._raw.terminate()  # synchronous, so no cancellation can cut it
+    if direct._pooled.is_valid:
+        with anyio.CancelScope(shield=True):
+            await greenlet_spawn(direct._pooled.invalidate)

@@ -394,6 +394,8 @@ def _runs_direct(engine: AsyncEngine) -> bool:
     sync = engine.sync_engine
     if sync not in _DIRECT_ENGINES or sync.echo:
         return False
+    if sync.get_execution_options().get("schema_translate_map"):
+        return False  # applied by SQLAlchemy's execution (engine_options may set it)
     return not (sync.dispatch.before_cursor_execute or sync.dispatch.after_cursor_execute)
 
 

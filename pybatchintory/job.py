@@ -294,6 +294,14 @@ class Job:
 
 _RESOLVED: dict[Hashable, Job] = {}
 _RESOLVED_LIMIT = 256
+_PLAIN = (str, int, float, bool, type(None), datetime)
+
+
+def _plain(value: Any) -> bool:
+    """A value whose repr says all of it: a scalar, or a list or tuple of names."""
+    if isinstance(value, (list, tuple)):
+        return all(type(v) is str for v in value)
+    return type(value) in _PLAIN
 
 
 def resolve_job(
@@ -316,19 +324,18 @@ def resolve_job(
     # The keyword form builds and checks a Job at every call; a loop of calls with the
     # same arguments gets the same Job back, whose definition and source are cached by
     # identity (about a tenth of an acquisition's Python time, benchmarks/floor.py).
-    # Keyed with each value's type, so that True never passes for 1; unhashable
-    # arguments (a mapping filter, a list of columns) are built every time.
-    key: Hashable | None = (
-        job_or_table,
-        job_identifier,
-        tuple((k, type(v), v) for k, v in sorted(arguments.items())),
-    )
-    try:
+    # Only for plain values, keyed by their repr (True is no 1, -0.0 no 0.0); a filter
+    # or anything else is built every time.
+    key: Hashable | None = None
+    if all(_plain(v) for v in arguments.values()):
+        key = (
+            job_or_table,
+            job_identifier,
+            tuple((k, repr(arguments[k])) for k in sorted(arguments)),
+        )
         resolved = _RESOLVED.get(key)
-    except TypeError:
-        key = resolved = None
-    if resolved is not None:
-        return resolved
+        if resolved is not None:
+            return resolved
     job = _build_job(job_or_table, job_identifier, arguments)
     if key is not None:
         if len(_RESOLVED) >= _RESOLVED_LIMIT:

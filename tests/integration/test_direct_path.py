@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from asyncpg.transaction import Transaction  # type: ignore[import-untyped]
 
 from pybatchintory import Inventory
 from pybatchintory._direct import _CACHES
@@ -173,7 +174,7 @@ async def test_a_batch_taken_while_waiting_for_the_job_lock_is_not_taken_twice(
             # the holder takes the failed batch over, as another worker's acquisition would
             await holder.execute(
                 sa.text(
-                    f'UPDATE "{db.schema}".inventory SET status = \'running\', attempt = 2, '
+                    f"UPDATE \"{db.schema}\".inventory SET status = 'running', attempt = 2, "
                     "lease_expires_at = now() + interval '1 hour' WHERE id = :id"
                 ),
                 {"id": failed.id},
@@ -186,3 +187,75 @@ async def test_a_batch_taken_while_waiting_for_the_job_lock_is_not_taken_twice(
         await got.success()
     row = (await db.rows("SELECT status, attempt FROM {s}inventory WHERE id = :i", i=failed.id))[0]
     assert (row.status, row.attempt) == ("running", 2)  # still the holder's, untouched
+
+
+async def test_an_acquisition_cancelled_during_begin_leaves_no_transaction_behind(
+    pg_only: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # BEGIN is one short round trip, so a cancellation is made to land in it: asyncpg's
+    # Transaction.start schedules the task's cancel() and then runs as is, against the
+    # real server. A BEGIN cut there used to leave the pooled session inside a
+    # transaction, in which every later acquisition and finish silently nested.
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 4)
+    original = Transaction.start
+    armed = [False]
+
+    async def start(self: Transaction) -> None:
+        if armed[0]:
+            armed[0] = False
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().call_soon(task.cancel)
+        await original(self)
+
+    monkeypatch.setattr(Transaction, "start", start)
+    async with db.inventory(pool_size=1) as inv:
+        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert first is not None
+        await first.success()
+        armed[0] = True
+        with pytest.raises(asyncio.CancelledError):
+            await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert not armed[0]  # the cancellation was scheduled inside BEGIN
+        assert await _idle_in_transaction(db) == 0
+        second = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        assert second is not None and second.range_start == 2
+        await second.success()
+    # committed for everyone else: another worker sees both and goes on at id 3
+    async with db.inventory() as other:
+        third = await asyncio.wait_for(
+            other.acquire_batch(source_table=table, job_identifier="j", weight=1), 30
+        )
+        assert third is not None and third.range_start == 3
+        await third.success()
+
+
+async def test_after_a_server_restart_one_call_fails_and_the_pool_heals(pg_only: Db) -> None:
+    # Every pooled session dies at once (a restart, a failover): as on SQLAlchemy's own
+    # path, the first call that meets a dead session fails with BackendError, and the
+    # pool replaces that connection and every older one.
+    db = pg_only
+    table = await db.create_meta(weights=[1] * 40)
+    async with db.inventory(pool_size=4) as inv:
+        opened = await asyncio.gather(
+            *(inv.acquire_batch(source_table=table, job_identifier="j", weight=1) for _ in range(4))
+        )
+        for batch in opened:
+            assert batch is not None
+            await batch.success()
+        await db.scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'pybatchintory' AND datname = current_database()"
+        )
+        failures: list[BaseException] = []
+        for _ in range(10):
+            try:
+                batch = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+            except Exception as exc:
+                failures.append(exc)
+                continue
+            assert batch is not None
+            await batch.success()
+    assert len(failures) <= 1, failures
+    assert all(isinstance(f, BackendError) for f in failures), failures
