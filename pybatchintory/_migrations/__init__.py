@@ -57,7 +57,7 @@ logger = logging.getLogger("pybatchintory")
 
 # The newest revision in versions/ (a unit test holds the two together). A constant, so
 # that the fast path of open() does not load the revision scripts.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 LIBRARY_VERSION = int(HEAD_REVISION)
 # Serialises creation and upgrades across processes (PostgreSQL). The key that
 # pybatchintory 0.1.0 took as a session lock around its create_all: transaction and
