@@ -29,7 +29,7 @@ from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
 from ._source import PARAMS_DIGEST, Source, job_source, narrowed, reflect_table_source
 from ._statements import current_generation, db_now, frontier
 from ._storage import Storage, StoredJob
-from ._tables import SUCCEEDED, BackendTables, unfinished
+from ._tables import BackendTables, succeeded, unfinished
 from .exceptions import (
     BackendError,
     HorizonUnavailableError,
@@ -287,13 +287,13 @@ def status_counts(tables: BackendTables, dialect: str, job: str) -> sa.Select[An
     def counter(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
         return sa.select(column).where(jobs.c.job_identifier == job).scalar_subquery()
 
-    # The status inline (SUCCEEDED), so that PostgreSQL matches the partial index;
+    # The status inline (succeeded()), so that PostgreSQL matches the partial index;
     # newest first, NULLs left out (none is NULL, but DESC puts NULLs first on PostgreSQL).
     last_success = (
         sa.select(b.c.processing_end)
         .where(
             b.c.job_identifier == job,
-            sa.text(SUCCEEDED),
+            succeeded(b),
             b.c.processing_end.is_not(None),
         )
         .order_by(b.c.processing_end.desc())

@@ -20,6 +20,7 @@ __all__ = [
     "build_tables",
     "recount_batches",
     "status_type",
+    "succeeded",
     "unfinished",
 ]
 
@@ -225,3 +226,9 @@ def recount_batches(tables: BackendTables, job: Any = None) -> sa.Update:
             total_batches=sub.c.total,
         )
     )
+
+
+def succeeded(batches: sa.Table) -> sa.ColumnElement[bool]:
+    """``status = 'succeeded'`` with the value inline (SUCCEEDED, the predicate of the
+    partial index ix_<batches>_succeeded_end), for PostgreSQL to match that index."""
+    return batches.c.status == sa.literal_column("'succeeded'")

@@ -14,8 +14,9 @@ Policy (docs/migrations.md):
   database) or upgrades them step by step, and stamps the version. Many processes
   opening at once: one upgrades, the others wait for the lock and find the work done.
 * Tables newer than this library are refused (:class:`SchemaVersionError`), writing
-  nothing: upgrade pybatchintory. Upgrades are additive (nullable columns), so an
-  older library that predates versioning keeps working on upgraded tables.
+  nothing: upgrade pybatchintory. Upgrades are additive (nullable columns, or columns
+  with a default), so an older library that predates versioning keeps working on
+  upgraded tables (version 5's counters excepted, docs/migrations.md).
 * An upgrade that fails for lack of privilege names ``pybatchintory migrate``, to be
   run by a role that may alter the tables.
 """
