@@ -498,6 +498,7 @@ async def bulk_history(
     source: str,
     span: int = 10,
     definition: bool = True,
+    scattered: bool = True,
 ) -> int:
     """Insert ``batches`` batches with their log rows, by SQL, and the jobs' rows (each
     over ``source``, with its counters, and with its definition unless ``definition`` is
@@ -508,6 +509,8 @@ async def bulk_history(
     spans of ``span`` ids from id 1, so every job covers the same ids. One batch in 1,000
     failed (half of those out of attempts, each with an error text in its log row), one
     in 10,000 running; batch i started i / 100 s after 2026-01-01 and took up to 5 s.
+    Not ``scattered``: instead the last four batches only are unfinished (running, failed
+    with attempts left, failed out of attempts, released), however many there are.
     """
     from pybatchintory import Job
     from pybatchintory.job import job_definition
@@ -517,11 +520,16 @@ async def bulk_history(
     prefix = prefix_of(inv)
     n = len(jobs)
     top = (batches // n) * span
+    running, failed = "i % 10000 = 7", "i % 1000 = 3"
+    out_of_attempts, released = "i % 2000 = 3", "1 = 0"  # half the failed
+    if not scattered:
+        running, failed = f"i = {batches}", f"i IN ({batches - 1}, {batches - 2})"
+        out_of_attempts, released = f"i = {batches - 2}", f"i = {batches - 3}"
     status = (
-        "CASE WHEN i % 10000 = 7 THEN 'running' WHEN i % 1000 = 3 THEN 'failed' "
-        "ELSE 'succeeded' END"
+        f"CASE WHEN {running} THEN 'running' WHEN {failed} THEN 'failed' "
+        f"WHEN {released} THEN 'released' ELSE 'succeeded' END"
     )
-    attempt = "CASE WHEN i % 2000 = 3 THEN 3 ELSE 1 END"  # half the failed: out of attempts
+    attempt = f"CASE WHEN {out_of_attempts} THEN 3 ELSE 1 END"
     started = moment(dialect, "i / 100.0")
     ended = moment(dialect, "i / 100.0 + (i % 50) / 10.0")
     owner = f"CASE i % {n} " + " ".join(f"WHEN {k} THEN '{j}'" for k, j in enumerate(jobs)) + " END"
@@ -532,9 +540,9 @@ async def bulk_history(
                 f"INSERT INTO {prefix}inventory (id, job_identifier, generation, processing_start, "
                 "processing_end, range_start, range_end, weight, item_count, attempt, max_attempts, "
                 "status, lease_expires_at, worker) "
-                f"SELECT i, {owner}, 0, {started}, CASE WHEN i % 10000 = 7 THEN NULL ELSE {ended} END, "
+                f"SELECT i, {owner}, 0, {started}, CASE WHEN {running} THEN NULL ELSE {ended} END, "
                 f"((i - 1) / {n}) * {span} + 1, ((i - 1) / {n}) * {span} + {span}, {span}, {span}, "
-                f"{attempt}, 3, {status}, CASE WHEN i % 10000 = 7 THEN {ended} END, 'bench' "
+                f"{attempt}, 3, {status}, CASE WHEN {running} THEN {ended} END, 'bench' "
                 f"FROM {series(dialect, batches)}"
             )
         )

@@ -2,12 +2,16 @@
 their cost must not grow with the job's history (issue 12, point 5).
 
 Two inventories per database, one job each, bulk-inserted with SQL
-(``_common.bulk_history``: 10 ids per batch, one in 1,000 failed, one in 10,000 running,
-each batch with its log row; the jobs' batch counters set by the library's
-``recount_batches``), each with a metadata table of every tenth id of the history and 1,000 ids after its
-cursor. The calls on the
-two are interleaved (small, large, small, ...), each timed alone; the table gives the
-medians, the ratio large / small and whether it is within 1.25x.
+(``_common.bulk_history``: 10 ids per batch, each with its log row, the jobs' batch
+counters set by the library's ``recount_batches``). What grows is the history: both
+jobs have the same four unfinished batches (running, failed with attempts left, failed
+out of attempts, released), all others succeeded. ``--scattered`` makes one batch in
+1,000 failed and one in 10,000 running instead, so that the unfinished batches grow
+with the history too (2 vs 1,100): status and jobs() read those by design. Each job has
+a metadata table of every tenth id of its history (trace looks the item up) and 1,000
+ids after its cursor (the backlog). The calls on the two are interleaved (small, large,
+small, ...), each timed alone; the table gives the medians, the ratio large / small and
+whether it is within 1.25x.
 
     python benchmarks/status_scale.py                       # PostgreSQL and SQLite
     python benchmarks/status_scale.py --db sqlite --large 100000 --reps 20
@@ -36,11 +40,11 @@ BACKLOG = 1000  # metadata ids after the job's cursor (status counts them)
 TARGET = 1.25
 
 
-async def prepare(inv: Inventory, batches: int) -> tuple[str, int]:
+async def prepare(inv: Inventory, batches: int, scattered: bool) -> tuple[str, int]:
     """Fill ``inv`` with one job of ``batches`` batches; return its table and top id."""
     started = time.perf_counter()
     source = f"{c.prefix_of(inv)}meta"
-    top = await c.bulk_history(inv, [JOB], batches, source)
+    top = await c.bulk_history(inv, [JOB], batches, source, scattered=scattered)
     # Every tenth id of the history (trace looks its item up in the table), and the
     # backlog after the cursor.
     await c.bulk_meta(inv, "meta", [(10, top, 10), (top + 1, top + BACKLOG)])
@@ -55,13 +59,13 @@ async def prepare(inv: Inventory, batches: int) -> tuple[str, int]:
     return source, top
 
 
-async def bench(kind: str, small: int, large: int, reps: int) -> list[list[Any]]:
+async def bench(kind: str, small: int, large: int, reps: int, scattered: bool) -> list[list[Any]]:
     print(f"{kind}:")
     async with AsyncExitStack() as stack:
         calls = []
         for n in (small, large):
             inv = await stack.enter_async_context(c.scratch_inventory(kind, "status_scale"))
-            source, top = await prepare(inv, n)
+            source, top = await prepare(inv, n, scattered)
             rng = random.Random(n)
 
             def trace(
@@ -97,13 +101,20 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument(
+        "--scattered",
+        action="store_true",
+        help="one batch in 1,000 failed and one in 10,000 running, so that the unfinished "
+        "batches grow with the history (default: the same four unfinished batches in both)",
+    )
     args = parser.parse_args()
     kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
     rows = []
     for kind in kinds:
-        rows += asyncio.run(bench(kind, args.small, args.large, args.reps))
+        rows += asyncio.run(bench(kind, args.small, args.large, args.reps, args.scattered))
     c.print_table(
-        f"status, jobs and trace: a job of {args.small:,} batches vs one of {args.large:,}",
+        f"status, jobs and trace: a job of {args.small:,} batches vs one of {args.large:,}"
+        + (" (unfinished batches scattered)" if args.scattered else ""),
         [
             "database",
             "call",
