@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+# Run as a script, or imported as benchmarks.report (tests/acceptance/test_report.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 
 from pybatchintory import Inventory

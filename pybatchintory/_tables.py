@@ -109,7 +109,9 @@ def build_tables(settings: Settings) -> BackendTables:
         # schema version 5: the job's batch counts, kept by the statement that records a
         # new batch (under this row's lock) and recounted by a reset, so that status
         # reads them instead of aggregating the job's whole history. The batches of the
-        # current generation, their total weight, and the batches of all generations.
+        # current generation, their total weight (a running sum of doubles: exact for
+        # integer weights up to 2**53, as the weight column), and the batches of all
+        # generations.
         sa.Column("generation_batches", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("generation_weight", sa.Double, nullable=False, server_default="0"),
         sa.Column("total_batches", sa.BigInteger, nullable=False, server_default="0"),
@@ -198,7 +200,9 @@ def recount_batches(tables: BackendTables, job: Any = None) -> sa.Update:
     One aggregate pass over the job's batches (all of them: it costs what the history
     costs), for a reset, the upgrade to version 5 and the benchmarks' bulk loads;
     acquisitions count each new batch as they record it instead. Jobs without batches
-    are left alone (their counters are 0 from the start). Builds the statement only."""
+    are left alone (their counters are 0 from the start). Builds the statement only:
+    an UPDATE ... FROM, which SQLite has since 3.33 (the library needs 3.35 for
+    RETURNING anyway)."""
     jobs, b = tables.jobs, tables.batches
     owner = jobs.alias("owner")  # its own name: no correlation with the updated row
     current = b.c.generation == owner.c.generation
