@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
@@ -236,6 +237,21 @@ async def target(kind: str, rows: int) -> AsyncIterator[Target]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def recount_sql(tgt: Target) -> str:
+    """The library's statement that sets the jobs' batch counters (schema version 5)
+    from their rows, as SQL text for the target's own driver connection."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from pybatchintory._tables import build_tables, recount_batches
+
+    tables = build_tables(tgt.inventory().settings)
+    dialect = postgresql.dialect() if tgt.kind == "postgresql" else sqlite.dialect()
+    compiled = recount_batches(tables).compile(
+        dialect=dialect, compile_kwargs={"literal_binds": True}
+    )
+    return str(compiled)
+
+
 async def prefill_history(tgt: Target, batches: int, first_id: int, span: int = 50) -> int:
     """Write ``batches`` succeeded batches of JOB (and their log rows) by SQL, covering
     ids ``first_id``.. in ranges of ``span``, and move the job's cursor past them.
@@ -269,6 +285,7 @@ async def prefill_history(tgt: Target, batches: int, first_id: int, span: int = 
                     last,
                     JOB,
                 )
+                await conn.execute(recount_sql(tgt))
             await conn.execute(f"ANALYZE {s}.inventory")
             await conn.execute(f"ANALYZE {s}.inventory_logs")
         finally:
@@ -293,6 +310,7 @@ async def prefill_history(tgt: Target, batches: int, first_id: int, span: int = 
             conn.execute(
                 "UPDATE inventory_jobs SET cursor = ? WHERE job_identifier = ?", (last, JOB)
             )
+            conn.execute(recount_sql(tgt))
             conn.commit()
             conn.execute("ANALYZE")
             conn.commit()
@@ -371,3 +389,233 @@ def _fmt(value: Any) -> str:
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())
+
+
+# -- bulk-inserted histories (observe.py, report.py, forecast.py, status_scale.py) -----
+#
+# The SQL below is built from constants, job names chosen by the scripts and generated
+# schema names, never from input.
+
+
+def series(dialect: str, n: int) -> str:
+    """A ``g(i)`` row source of 1..n (``generate_series``, or a recursive CTE on SQLite)."""
+    if dialect == "postgresql":
+        return f"generate_series(1, {n}) AS g(i)"
+    return (
+        f"(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) "
+        "SELECT i FROM s) AS g"
+    )
+
+
+def moment(dialect: str, seconds: str) -> str:
+    """2026-01-01 plus ``seconds`` (an SQL expression), as the inventory stores times."""
+    if dialect == "postgresql":
+        return f"(timestamptz '2026-01-01 00:00:00+00' + ({seconds}) * interval '1 second')"
+    return (
+        f"(strftime('%Y-%m-%d %H:%M:%f', '2026-01-01', '+' || ({seconds}) || ' seconds') || '000')"
+    )
+
+
+@asynccontextmanager
+async def scratch_inventory(kind: str, name: str = "bench") -> AsyncIterator[Inventory]:
+    """An open Inventory on empty tables: a PostgreSQL schema of its own in the
+    benchmark database, or a SQLite file in a temporary directory; removed afterwards."""
+    schema = None
+    workdir = None
+    if kind == "postgresql":
+        await ensure_pg_database()
+        schema = f"{name}_{uuid.uuid4().hex[:8]}"
+        url = PG_URL
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix=f"pybi_{name}_"))
+        url = f"sqlite+aiosqlite:///{workdir / 'inventory.sqlite3'}"
+    try:
+        async with Inventory(url, schema_name=schema) as inv:
+            yield inv
+    finally:
+        if schema is not None:
+            conn = await asyncpg.connect(pg_dsn())
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def prefix_of(inv: Inventory) -> str:
+    """``schema.`` of the inventory's tables, or nothing."""
+    schema = inv.settings.schema_name
+    return f"{schema}." if schema else ""
+
+
+async def drop_exclusion_constraint(conn: Any, inv: Inventory) -> None:
+    """PostgreSQL: drop the batches' exclusion constraint, if any, before a bulk load.
+
+    It checks each inserted range against a GiST index whose leading columns (job,
+    generation) are the same for every row: 0.5 ms a row at 20,000 batches, 15 minutes
+    for a million; adding it afterwards costs as much. It guards writes, and what the
+    benchmarks time reads through the b-tree indexes, so their tables go without it."""
+    from pybatchintory._migrations import exclusion_constraint_name
+
+    if conn.dialect.name != "postgresql":
+        return
+    tables = inv.storage.tables
+    name = exclusion_constraint_name(tables)
+    found = await conn.scalar(
+        sa.text(
+            "SELECT 1 FROM pg_constraint WHERE conname = :name AND conrelid = to_regclass(:table)"
+        ),
+        {"name": name, "table": f"{prefix_of(inv)}{tables.batches.name}"},
+    )
+    if found is not None:
+        await conn.execute(
+            sa.text(f"ALTER TABLE {prefix_of(inv)}{tables.batches.name} DROP CONSTRAINT {name}")
+        )
+
+
+async def set_counters(conn: Any, inv: Inventory) -> None:
+    """Set the jobs' batch counters (schema version 5) from their bulk-inserted rows,
+    with the library's own statement (the one a reset and the upgrade run)."""
+    from pybatchintory._tables import recount_batches
+
+    await conn.execute(recount_batches(inv.storage.tables))
+
+
+async def analyze(conn: Any, inv: Inventory) -> None:
+    prefix = prefix_of(inv)
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text(f"ANALYZE {prefix}inventory"))
+        await conn.execute(sa.text(f"ANALYZE {prefix}inventory_logs"))
+    else:
+        await conn.execute(sa.text("ANALYZE"))
+
+
+async def bulk_history(
+    inv: Inventory,
+    jobs: Sequence[str],
+    batches: int,
+    source: str,
+    span: int = 10,
+    definition: bool = True,
+    scattered: bool = True,
+) -> int:
+    """Insert ``batches`` batches with their log rows, by SQL, and the jobs' rows (each
+    over ``source``, with its counters, and with its definition unless ``definition`` is
+    false: then trace does not look the item up in ``source``); return the highest id
+    covered.
+
+    Batch i belongs to job ``jobs[i % len(jobs)]``; each job's ranges are consecutive
+    spans of ``span`` ids from id 1, so every job covers the same ids. One batch in 1,000
+    failed (half of those out of attempts, each with an error text in its log row), one
+    in 10,000 running; batch i started i / 100 s after 2026-01-01 and took up to 5 s.
+    Not ``scattered``: instead the last four batches only are unfinished (running, failed
+    with attempts left, failed out of attempts, released), however many there are.
+    """
+    from pybatchintory import Job
+    from pybatchintory.job import job_definition
+
+    engine = inv.inventory_engine
+    dialect = engine.dialect.name
+    prefix = prefix_of(inv)
+    n = len(jobs)
+    top = (batches // n) * span
+    running, failed = "i % 10000 = 7", "i % 1000 = 3"
+    out_of_attempts, released = "i % 2000 = 3", "1 = 0"  # half the failed
+    if not scattered:
+        running, failed = f"i = {batches}", f"i IN ({batches - 1}, {batches - 2})"
+        out_of_attempts, released = f"i = {batches - 2}", f"i = {batches - 3}"
+    status = (
+        f"CASE WHEN {running} THEN 'running' WHEN {failed} THEN 'failed' "
+        f"WHEN {released} THEN 'released' ELSE 'succeeded' END"
+    )
+    attempt = f"CASE WHEN {out_of_attempts} THEN 3 ELSE 1 END"
+    started = moment(dialect, "i / 100.0")
+    ended = moment(dialect, "i / 100.0 + (i % 50) / 10.0")
+    owner = f"CASE i % {n} " + " ".join(f"WHEN {k} THEN '{j}'" for k, j in enumerate(jobs)) + " END"
+    async with engine.begin() as conn:
+        await drop_exclusion_constraint(conn, inv)
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {prefix}inventory (id, job_identifier, generation, processing_start, "
+                "processing_end, range_start, range_end, weight, item_count, attempt, max_attempts, "
+                "status, lease_expires_at, worker) "
+                f"SELECT i, {owner}, 0, {started}, CASE WHEN {running} THEN NULL ELSE {ended} END, "
+                f"((i - 1) / {n}) * {span} + 1, ((i - 1) / {n}) * {span} + {span}, {span}, {span}, "
+                f"{attempt}, 3, {status}, CASE WHEN {running} THEN {ended} END, 'bench' "
+                f"FROM {series(dialect, batches)}"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {prefix}inventory_logs (id, attempt, processing_start, processing_end, "
+                "status, logging, worker) SELECT id, attempt, processing_start, processing_end, status, "
+                "CASE WHEN status = 'failed' THEN 'Traceback (most recent call last):\n  ...\n"
+                "ValueError: row ' || range_start || ' is <corrupt> & unreadable' END, worker "
+                f"FROM {prefix}inventory"
+            )
+        )
+        for job in jobs:
+            await conn.execute(
+                sa.text(
+                    f"INSERT INTO {prefix}inventory_jobs (job_identifier, source_kind, source, "
+                    "id_column, filter_text, cursor, generation, created_at, updated_at, definition) "
+                    f"VALUES (:job, 'table', :source, 'id', '', {top}, 0, {moment(dialect, '0')}, "
+                    f"{moment(dialect, str(batches / 100))}, :definition)"
+                ),
+                {
+                    "job": job,
+                    "source": source,
+                    "definition": job_definition(Job(job, source_table=source, weight=span))
+                    if definition
+                    else None,
+                },
+            )
+        await set_counters(conn, inv)
+        await analyze(conn, inv)
+    return top
+
+
+async def bulk_meta(inv: Inventory, name: str, spans: Sequence[tuple[int, ...]]) -> str:
+    """A metadata table ``name`` (id, uri, weight 1) next to the inventory's tables,
+    holding the ids of each ``(first, last)`` or ``(first, last, step)`` span; returns
+    its qualified name."""
+    dialect = inv.inventory_engine.dialect.name
+    table = f"{prefix_of(inv)}{name}"
+    async with inv.inventory_engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, uri TEXT NOT NULL, "
+                "weight FLOAT NOT NULL)"
+            )
+        )
+        for first, last, *rest in spans:
+            step = rest[0] if rest else 1
+            await conn.execute(
+                sa.text(
+                    f"INSERT INTO {table} (id, uri, weight) SELECT {first} + (i - 1) * {step}, "
+                    f"'f', 1 FROM {series(dialect, (last - first) // step + 1)}"
+                )
+            )
+        if dialect == "postgresql":
+            await conn.execute(sa.text(f"ANALYZE {table}"))
+    return table
+
+
+async def median_ms(call: Callable[[], Awaitable[Any]], repeat: int, warm: bool = True) -> float:
+    """The median of ``repeat`` calls, in milliseconds (after one unmeasured call)."""
+    if warm:
+        await call()  # the pool and the caches
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+async def timed_ms(call: Callable[[], Awaitable[Any]]) -> float:
+    """One call's time, in milliseconds."""
+    started = time.perf_counter()
+    await call()
+    return (time.perf_counter() - started) * 1000

@@ -1,8 +1,8 @@
 """The forecast's read does not grow with a job's history: its median time on an
 inventory of N batches and on one of 10 N, and the ratio.
 
-The batches are bulk-inserted with SQL as in ``observe.py`` (four jobs, one batch in a
-thousand failed, one in ten thousand running). The forecast reads a job's last 100
+The batches are bulk-inserted with SQL as in ``observe.py`` (``_common.bulk_history``:
+four jobs, one batch in a thousand failed, one in ten thousand running). The forecast reads a job's last 100
 batches on the ``(job_identifier, range_start)`` index: the ratio should stay near 1.
 
     python benchmarks/forecast.py                     # PostgreSQL and SQLite
@@ -13,65 +13,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-import tempfile
-import uuid
-from pathlib import Path
 
+import _common as c
 import sqlalchemy as sa
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pybatchintory import Job
 
-from observe import PG_URL, fill, median_ms
-
-from pybatchintory import Inventory, Job
+JOBS = 4
+BACKLOG = 1000  # metadata rows ahead of each job's cursor
 
 
 async def one(kind: str, batches: int) -> float:
     """The forecast's median time (ms) on an inventory of ``batches`` batches."""
-    schema = None
-    tmp = None
-    admin = None
-    if kind == "postgresql":
-        url = PG_URL
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.ext.asyncio.create_async_engine(url)
-        async with admin.begin() as conn:
-            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        url = f"sqlite+aiosqlite:///{tmp.name}/forecast.sqlite3"
-    prefix = f"{schema}." if schema else ""
-    try:
-        async with Inventory(url, schema_name=schema) as inv:
-            await fill(inv, prefix, batches)
-            # The filled batches start and end at once: give the job's last 100 a second
-            # of work, so that the pace is measured as on a real history.
-            later = (
-                "processing_start + interval '1 second'"
-                if kind == "postgresql"
-                else "strftime('%Y-%m-%d %H:%M:%f', processing_start, '+1 second')"
-            )
-            async with inv.inventory_engine.begin() as conn:
-                await conn.execute(
-                    sa.text(
-                        f"UPDATE {prefix}inventory SET processing_end = {later} WHERE id IN "
-                        f"(SELECT id FROM {prefix}inventory WHERE job_identifier = 'job_3' "
-                        "ORDER BY range_start DESC LIMIT 100)"
-                    )
+    async with c.scratch_inventory(kind, "forecast") as inv:
+        prefix = c.prefix_of(inv)
+        source = f"{prefix}meta"
+        top = await c.bulk_history(inv, [f"job_{j}" for j in range(JOBS)], batches, source)
+        await c.bulk_meta(inv, "meta", [(top - BACKLOG + 1, top + BACKLOG)])
+        # Give the job's last 100 batches a second of work each, so that the pace is
+        # measured as on a real history.
+        later = (
+            "processing_start + interval '1 second'"
+            if kind == "postgresql"
+            else "strftime('%Y-%m-%d %H:%M:%f', processing_start, '+1 second') || '000'"
+        )
+        async with inv.inventory_engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    f"UPDATE {prefix}inventory SET processing_end = {later} WHERE id IN "
+                    f"(SELECT id FROM {prefix}inventory WHERE job_identifier = 'job_3' "
+                    "ORDER BY range_start DESC LIMIT 100)"
                 )
-            job = Job("job_3", source_table=f"{prefix}meta".rstrip("."), weight=10)
-            forecast = await inv.forecast(job)
-            assert forecast.sample_batches > 90, forecast
-            return await median_ms(lambda: inv.forecast(job), 30)
-    finally:
-        if admin is not None:
-            async with admin.begin() as conn:
-                await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-            await admin.dispose()
-        if tmp is not None:
-            tmp.cleanup()
+            )
+        job = Job("job_3", source_table=source, weight=10)
+        forecast = await inv.forecast(job)
+        assert forecast.sample_batches > 90, forecast
+        return await c.median_ms(lambda: inv.forecast(job), 30)
 
 
 def main() -> None:

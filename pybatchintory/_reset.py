@@ -11,7 +11,7 @@ from ._engines import backend_errors, retry_transient, write_transaction
 from ._reports import ResetResult
 from ._statements import db_now
 from ._storage import Storage, job_row
-from ._tables import unfinished
+from ._tables import recount_batches, unfinished
 from .exceptions import BatchStateError, InvalidArgumentError
 
 logger = logging.getLogger("pybatchintory")
@@ -148,6 +148,9 @@ async def reset_job(
                 .where(jobs.c.job_identifier == job)
                 .values(generation=generation, cursor=to_id, updated_at=now)
             )
+            # The new generation's counters from its rows (kept and carried batches):
+            # one aggregate over the job's batches, as the kept UPDATE above already is.
+            await conn.execute(recount_batches(store.tables, job))
             touched.extend([("carried into the new generation", r) for r in carried])
             touched.extend([("superseded by the reset", r) for r in superseded])
         return ResetResult(

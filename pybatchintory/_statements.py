@@ -232,10 +232,18 @@ def build_statements(tables: BackendTables, dialect: str, insert: Any) -> Statem
         lease_expires_at=later,
         worker=p("p_worker"),
     )
+    # Runs once per new batch only (reclaims reuse the row), under the job row's lock:
+    # the counters of schema version 5 that status reads instead of the history.
     move_cursor = (
         sa.update(jobs)
         .where(jobs.c.job_identifier == p("p_job"))
-        .values(cursor=p("p_range_end"), updated_at=now)
+        .values(
+            cursor=p("p_range_end"),
+            updated_at=now,
+            generation_batches=jobs.c.generation_batches + 1,
+            generation_weight=jobs.c.generation_weight + p("p_weight", type_=sa.Double),
+            total_batches=jobs.c.total_batches + 1,
+        )
     )
     open_log = sa.insert(logs).values(
         id=p("p_batch_id"),

@@ -27,9 +27,9 @@ from ._horizon import report
 from ._idle import frontier_reason, nothing_new_reason, paused_reason, window_reason
 from ._reports import Backlog, HorizonReport, JobStatus, JobSummary
 from ._source import PARAMS_DIGEST, Source, job_source, narrowed, reflect_table_source
-from ._statements import db_now, frontier
+from ._statements import current_generation, db_now, frontier
 from ._storage import Storage, StoredJob
-from ._tables import unfinished
+from ._tables import BackendTables, succeeded, unfinished
 from .exceptions import (
     BackendError,
     HorizonUnavailableError,
@@ -148,50 +148,44 @@ async def job_status(
     """The status of ``job`` (see :class:`JobStatus`); ``since``/``until`` count the
     backlog in that time window only (by ``time_column``, default the job's)."""
     backend = store.backend
-    b = backend.tables.batches
     name = job.job_identifier if isinstance(job, Job) else job
     stored = await store.stored_job(name)
     row = stored.row
     async with store.reading(f"reading the status of job {name!r}") as conn:
-        current = b.c.generation == row.generation
-        now = db_now(backend.dialect)
-
-        def count(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-            return sa.func.sum(sa.case((sa.and_(current, *conds), 1), else_=0))
-
-        def weight(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[float]:
-            return sa.func.sum(sa.case((sa.and_(current, *conds), b.c.weight), else_=0))
-
-        running = b.c.status == "running"
-        ok = b.c.status == "succeeded"
-        failed = b.c.status == "failed"
-        released = b.c.status == "released"
-        waiting = sa.and_(failed, b.c.attempt < b.c.max_attempts)
-        # One pass over the job's rows (the job_range index), whatever their number.
-        agg = (
-            await conn.execute(
-                sa.select(
-                    count(running),
-                    weight(running),
-                    count(ok),
-                    weight(ok),
-                    count(failed),
-                    weight(failed),
-                    count(failed, b.c.attempt < b.c.max_attempts),
-                    count(failed, b.c.attempt >= b.c.max_attempts),
-                    sa.func.sum(sa.case((current, 0), else_=1)),
-                    count(running, b.c.lease_expires_at < now),
-                    sa.func.min(sa.case((sa.and_(current, running), b.c.processing_start))),
-                    sa.func.min(sa.case((sa.and_(current, running), b.c.lease_expires_at))),
-                    sa.func.max(sa.case((ok, b.c.processing_end))),
-                    count(released),
-                    sa.func.min(sa.case((sa.and_(current, waiting), b.c.retry_after))),
-                ).where(b.c.job_identifier == name)
-            )
-        ).one()
-    counts = [int(v or 0) for v in (agg[0], agg[2], agg[4], *agg[6:10])]
-    weights = [float(v or 0) for v in (agg[1], agg[3], agg[5])]
-    oldest, earliest, last_ok, released_count, next_retry = agg[10:]
+        agg = (await conn.execute(status_counts(store.tables, backend.dialect, name))).one()
+    gen_batches, gen_weight, all_batches, last_ok = agg[:4]
+    (
+        open_count,
+        open_weight,
+        running,
+        running_weight,
+        failed,
+        failed_weight,
+        retryable,
+        out_of_attempts,
+        expired,
+        oldest,
+        earliest,
+        released_count,
+        next_retry,
+    ) = agg[4:]
+    # Succeeded = the generation's batches less its unfinished ones; superseded = the
+    # batches of earlier generations (the counters of schema version 5, see _tables).
+    counts = [
+        int(v or 0)
+        for v in (
+            running,
+            int(gen_batches or 0) - int(open_count or 0),
+            failed,
+            retryable,
+            out_of_attempts,
+            int(all_batches or 0) - int(gen_batches or 0),
+            expired,
+        )
+    ]
+    # A difference of float sums: with no succeeded batch it is 0, not a rounding residue.
+    succeeded_weight = float(gen_weight or 0) - float(open_weight or 0) if counts[1] else 0.0
+    weights = [float(v or 0) for v in (running_weight, succeeded_weight, failed_weight)]
 
     definition = job if isinstance(job, Job) else stored.job
     if definition is not None:
@@ -267,6 +261,67 @@ async def job_status(
         paused_at=row.paused_at,
         pause_reason=row.pause_reason,
         forecast=forecast,
+    )
+
+
+def status_counts(tables: BackendTables, dialect: str, job: str) -> sa.Select[Any]:
+    """The statement behind a job's status counts, whose cost does not grow with the
+    job's history: the job row's counters (schema version 5), its last success (one
+    step on ix_<batches>_succeeded_end), and one aggregate over the unfinished batches
+    of its current generation (the partial index ix_<batches>_unfinished). One
+    statement, so that counters and rows come from one snapshot: a batch recorded
+    meanwhile is in both or in neither."""
+    b, jobs = tables.batches, tables.jobs
+    now = db_now(dialect)
+    running = b.c.status == "running"
+    failed = b.c.status == "failed"
+    released = b.c.status == "released"
+    waiting = sa.and_(failed, b.c.attempt < b.c.max_attempts)
+
+    def count(*conds: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+        return sa.func.sum(sa.case((sa.and_(*conds), 1), else_=0))
+
+    def weight(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[float]:
+        return sa.func.sum(sa.case((cond, b.c.weight), else_=0))
+
+    def counter(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
+        return sa.select(column).where(jobs.c.job_identifier == job).scalar_subquery()
+
+    # The status inline (succeeded()), so that PostgreSQL matches the partial index;
+    # newest first, NULLs left out (none is NULL, but DESC puts NULLs first on PostgreSQL).
+    last_success = (
+        sa.select(b.c.processing_end)
+        .where(
+            b.c.job_identifier == job,
+            succeeded(b),
+            b.c.processing_end.is_not(None),
+        )
+        .order_by(b.c.processing_end.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.select(
+        counter(jobs.c.generation_batches),
+        counter(jobs.c.generation_weight),
+        counter(jobs.c.total_batches),
+        last_success,
+        sa.func.count(),
+        sa.func.sum(b.c.weight),
+        count(running),
+        weight(running),
+        count(failed),
+        weight(failed),
+        count(waiting),
+        count(failed, b.c.attempt >= b.c.max_attempts),
+        count(running, b.c.lease_expires_at < now),
+        sa.func.min(sa.case((running, b.c.processing_start))),
+        sa.func.min(sa.case((running, b.c.lease_expires_at))),
+        count(released),
+        sa.func.min(sa.case((waiting, b.c.retry_after))),
+    ).where(
+        b.c.job_identifier == job,
+        unfinished(b),
+        b.c.generation == current_generation(tables, job),
     )
 
 

@@ -14,10 +14,13 @@ from .config import Settings
 __all__ = [
     "BATCH_STATUSES",
     "RECLAIMABLE",
+    "SUCCEEDED",
     "BackendTables",
     "UtcDateTime",
     "build_tables",
+    "recount_batches",
     "status_type",
+    "succeeded",
     "unfinished",
 ]
 
@@ -30,6 +33,9 @@ BATCH_STATUSES = ("running", "succeeded", "failed", "released")
 RECLAIMABLE = (
     "status = 'running' OR status = 'released' OR (status = 'failed' AND attempt < max_attempts)"
 )
+# The succeeded batches' predicate, as the partial index ix_<batches>_succeeded_end and
+# the last-success query spell it.
+SUCCEEDED = "status = 'succeeded'"
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -100,6 +106,15 @@ def build_tables(settings: Settings) -> BackendTables:
         # schema version 4: set while the job is paused (acquisitions hand out nothing)
         sa.Column("paused_at", UtcDateTime, nullable=True),
         sa.Column("pause_reason", sa.Text, nullable=True),
+        # schema version 5: the job's batch counts, kept by the statement that records a
+        # new batch (under this row's lock) and recounted by a reset, so that status
+        # reads them instead of aggregating the job's whole history. The batches of the
+        # current generation, their total weight (a running sum of doubles: exact for
+        # integer weights up to 2**53, as the weight column), and the batches of all
+        # generations.
+        sa.Column("generation_batches", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("generation_weight", sa.Double, nullable=False, server_default="0"),
+        sa.Column("total_batches", sa.BigInteger, nullable=False, server_default="0"),
     )
 
     batches = sa.Table(
@@ -136,6 +151,16 @@ def build_tables(settings: Settings) -> BackendTables:
             postgresql_where=sa.text("status <> 'succeeded'"),
             sqlite_where=sa.text("status <> 'succeeded'"),
         ),
+        # schema version 5: a job's last success (status), one step from the end of
+        # this index however many batches succeeded; the status inline, as queries
+        # spell it (see SUCCEEDED).
+        sa.Index(
+            f"ix_{b}_succeeded_end",
+            "job_identifier",
+            "processing_end",
+            postgresql_where=sa.text(SUCCEEDED),
+            sqlite_where=sa.text(SUCCEEDED),
+        ),
         # What reclaim may hand out: running, or failed with attempts left. Batches out
         # of attempts are left out, so they cannot slow every acquisition down.
         sa.Index(
@@ -166,3 +191,48 @@ def unfinished(batches: sa.Table) -> sa.ColumnElement[bool]:
     """``status <> 'succeeded'`` with the value inline: PostgreSQL uses the partial
     index only when the query's predicate visibly implies the index's."""
     return batches.c.status != sa.literal_column("'succeeded'")
+
+
+def recount_batches(tables: BackendTables, job: Any = None) -> sa.Update:
+    """Set the batch counters of the jobs table (schema version 5) from the batch rows:
+    those of ``job`` (a value or bind parameter), or of every job when None.
+
+    One aggregate pass over the job's batches (all of them: it costs what the history
+    costs), for a reset, the upgrade to version 5 and the benchmarks' bulk loads;
+    acquisitions count each new batch as they record it instead. Jobs without batches
+    are left alone (their counters are 0 from the start). Builds the statement only:
+    an UPDATE ... FROM, which SQLite has since 3.33 (the library needs 3.35 for
+    RETURNING anyway)."""
+    jobs, b = tables.jobs, tables.batches
+    owner = jobs.alias("owner")  # its own name: no correlation with the updated row
+    current = b.c.generation == owner.c.generation
+    counts = (
+        sa.select(
+            b.c.job_identifier.label("job"),
+            sa.func.count().label("total"),
+            sa.func.coalesce(sa.func.sum(sa.case((current, 1), else_=0)), 0).label("batches"),
+            sa.func.coalesce(sa.func.sum(sa.case((current, b.c.weight), else_=0.0)), 0.0).label(
+                "weight"
+            ),
+        )
+        .select_from(b.join(owner, b.c.job_identifier == owner.c.job_identifier))
+        .group_by(b.c.job_identifier)
+    )
+    if job is not None:
+        counts = counts.where(b.c.job_identifier == job)
+    sub = counts.subquery("batch_counts")
+    return (
+        sa.update(jobs)
+        .where(jobs.c.job_identifier == sub.c.job)
+        .values(
+            generation_batches=sub.c.batches,
+            generation_weight=sub.c.weight,
+            total_batches=sub.c.total,
+        )
+    )
+
+
+def succeeded(batches: sa.Table) -> sa.ColumnElement[bool]:
+    """``status = 'succeeded'`` with the value inline (SUCCEEDED, the predicate of the
+    partial index ix_<batches>_succeeded_end), for PostgreSQL to match that index."""
+    return batches.c.status == sa.literal_column("'succeeded'")

@@ -14,8 +14,9 @@ Policy (docs/migrations.md):
   database) or upgrades them step by step, and stamps the version. Many processes
   opening at once: one upgrades, the others wait for the lock and find the work done.
 * Tables newer than this library are refused (:class:`SchemaVersionError`), writing
-  nothing: upgrade pybatchintory. Upgrades are additive (nullable columns), so an
-  older library that predates versioning keeps working on upgraded tables.
+  nothing: upgrade pybatchintory. Upgrades are additive (nullable columns, or columns
+  with a default), so an older library that predates versioning keeps working on
+  upgraded tables (version 5's counters excepted, docs/migrations.md).
 * An upgrade that fails for lack of privilege names ``pybatchintory migrate``, to be
   run by a role that may alter the tables.
 """
@@ -57,7 +58,7 @@ logger = logging.getLogger("pybatchintory")
 
 # The newest revision in versions/ (a unit test holds the two together). A constant, so
 # that the fast path of open() does not load the revision scripts.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 LIBRARY_VERSION = int(HEAD_REVISION)
 # Serialises creation and upgrades across processes (PostgreSQL). The key that
 # pybatchintory 0.1.0 took as a session lock around its create_all: transaction and

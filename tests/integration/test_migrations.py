@@ -247,12 +247,48 @@ async def test_open_upgrades_version_1_tables_keeping_every_row(db: Db) -> None:
     before = await v1_rows(db)
     assert await stamped_versions(db) is None
 
-    async with db.inventory():
-        pass
+    async with db.inventory() as inv:
+        # Version 5's counters, set from the rows: convert has 4 batches of weight 2,
+        # index 1; the status built on them is the one 0.1.0's rows say.
+        assert await counters(db) == [("convert", 4, 8.0, 4), ("index", 1, 2.0, 1)]
+        status = await inv.status("convert")
+        assert (status.succeeded, status.failed, status.running, status.superseded) == (1, 2, 1, 0)
+        assert (status.succeeded_weight, status.retryable, status.out_of_attempts) == (2.0, 1, 1)
+        assert status.last_success_at is not None
     assert await stamped_versions(db) == [HEAD_REVISION]
     _keep_old_rows(before, await v1_rows(db))
 
     await assert_acquisition_continues(db, table)
+    # One new batch each (the reclaims reuse their rows).
+    assert await counters(db) == [("convert", 5, 10.0, 5), ("index", 2, 10.0, 2)]
+
+
+async def counters(db: Db) -> list[tuple[str, int, float, int]]:
+    """The batch counters of schema version 5, per job."""
+    return [
+        (r[0], int(r[1]), float(r[2]), int(r[3]))
+        for r in await db.rows(
+            "SELECT job_identifier, generation_batches, generation_weight, total_batches "
+            "FROM {s}inventory_jobs ORDER BY job_identifier"
+        )
+    ]
+
+
+async def test_upgrade_counts_the_current_generation_apart(db: Db) -> None:
+    """A job reset under 0.1.0 (generation 1) with batches of both generations: the
+    upgrade to version 5 counts the current generation's batches apart from the rest."""
+    await make_v1_inventory(db)
+    md = build_v1_tables(db.schema)
+    jobs, batches = (md.tables[db.qualified(n)] for n in ("inventory_jobs", "inventory"))
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            sa.update(jobs).where(jobs.c.job_identifier == "convert").values(generation=1)
+        )
+        await conn.execute(sa.update(batches).where(batches.c.id.in_([1, 2])).values(generation=1))
+    async with db.inventory() as inv:
+        assert await counters(db) == [("convert", 2, 4.0, 4), ("index", 1, 2.0, 1)]
+        status = await inv.status("convert")
+        assert (status.succeeded, status.failed, status.running, status.superseded) == (1, 1, 0, 2)
 
 
 async def test_migrate_command_upgrades_version_1_tables(db: Db) -> None:
@@ -324,7 +360,18 @@ async def test_upgraded_tables_match_new_ones(db: Db) -> None:
             assert upgraded == fresh, old
         jobs = await conn.run_sync(shape, "inventory_jobs", "-")
         batches = await conn.run_sync(shape, "inventory", "-")
-    assert [c[0] for c in jobs["columns"]][-3:] == ["definition", "paused_at", "pause_reason"]
+    assert [c[0] for c in jobs["columns"]][-6:] == [
+        "definition",
+        "paused_at",
+        "pause_reason",
+        "generation_batches",
+        "generation_weight",
+        "total_batches",
+    ]
+    assert [c[2] for c in jobs["columns"]][-3:] == [False, False, False]  # NOT NULL
+    assert ("ix_inventory_succeeded_end", ("job_identifier", "processing_end")) in [
+        i[:2] for i in batches["indexes"]
+    ]
     assert "retry_after" in [c[0] for c in batches["columns"]]
     assert any("released" in text for _, text in batches["checks"])
     assert any(
