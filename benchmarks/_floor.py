@@ -58,8 +58,10 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
             f"VALUES ({ph[0]}, 1, {now}, 'running', {ph[1]})"
         ),
         "cursor": (
-            f"UPDATE {p}inventory_jobs SET cursor = {ph[0]}, updated_at = {now} "
-            f"WHERE job_identifier = {ph[1]}"
+            f"UPDATE {p}inventory_jobs SET cursor = {ph[0]}, updated_at = {now}, "
+            f"generation_batches = generation_batches + 1, generation_weight = "
+            f"generation_weight + {ph[1]}, total_batches = total_batches + 1 "
+            f"WHERE job_identifier = {ph[2]}"
         ),
         "load": f"SELECT id, uri, weight FROM {source} WHERE id >= {ph[0]} AND id <= {ph[1]} ORDER BY id",
         "finish": (
@@ -92,7 +94,9 @@ def _sql(schema: str | None, source: str, dialect: str) -> dict[str, str]:
             "range_start, range_end, weight, item_count, attempt, max_attempts, lease_expires_at), "
             f"first_log AS (INSERT INTO {p}inventory_logs (id, attempt, processing_start, status, "
             f"worker) SELECT id, 1, {now}, 'running', {ph[6]} FROM new_batch), "
-            f"moved_cursor AS (UPDATE {p}inventory_jobs SET cursor = {ph[3]}, updated_at = {now} "
+            f"moved_cursor AS (UPDATE {p}inventory_jobs SET cursor = {ph[3]}, updated_at = {now}, "
+            f"generation_batches = generation_batches + 1, generation_weight = generation_weight "
+            f"+ {ph[4]}, total_batches = total_batches + 1 "
             f"WHERE job_identifier = {ph[0]}) SELECT * FROM new_batch"
         ),
         "finish_and_log": (
@@ -227,7 +231,7 @@ class SqliteFloor:
                 s["insert"], (self.job, generation, first, last, weight, count, self.worker)
             ).fetchone()[0]
             inv.execute(s["open_log"], (batch_id, self.worker))
-            inv.execute(s["cursor"], (last, self.job))
+            inv.execute(s["cursor"], (last, weight, self.job))
             inv.execute("COMMIT")
         except BaseException:
             if inv.in_transaction:
@@ -301,7 +305,7 @@ class AiosqliteFloor(SqliteFloor):
                 )
             )[0]
             await inv.execute(s["open_log"], (batch_id, self.worker))
-            await inv.execute(s["cursor"], (last, self.job))
+            await inv.execute(s["cursor"], (last, weight, self.job))
             await inv.execute("COMMIT")
         except BaseException:
             if inv.in_transaction:
