@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,12 +206,10 @@ async def _pooled(engine: AsyncEngine) -> AsyncIterator[DirectConnection]:
             await greenlet_spawn(pooled.close)
 
 
-@asynccontextmanager
-async def direct_connection(engine: AsyncEngine) -> AsyncIterator[DirectConnection]:
+def direct_connection(engine: AsyncEngine) -> AbstractAsyncContextManager[DirectConnection]:
     """A pooled connection for one statement on its own: asyncpg runs it outside any
     transaction, atomic by itself."""
-    async with _pooled(engine) as direct:
-        yield direct
+    return _pooled(engine)
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -405,32 +405,25 @@ def _no_longer_interruptible() -> None:
         progress.interruptible = False  # the COMMIT follows
 
 
-@asynccontextmanager
-async def hot_transaction(engine: AsyncEngine) -> AsyncIterator[HotConnection]:
+def hot_transaction(engine: AsyncEngine) -> AbstractAsyncContextManager[HotConnection]:
     """:func:`write_transaction` for the acquisition's statements: on asyncpg (not
     behind PgBouncer) run by asyncpg itself (:mod:`pybatchintory._direct`), which
-    offers ``execute`` and ``scalar`` only."""
+    offers ``execute`` and ``scalar`` only. (The context manager of either, not one
+    wrapped around it: this is every acquisition's path.)"""
     if not _runs_direct(engine):
-        async with write_transaction(engine) as conn:
-            yield conn
-        return
+        return write_transaction(engine)
     progress = _write_progress.get()
     if progress is not None:
-        progress.interruptible = True
-    async with direct_transaction(engine, _no_longer_interruptible) as direct:
-        yield direct
+        progress.interruptible = True  # up to the COMMIT, as in write_transaction
+    return direct_transaction(engine, _no_longer_interruptible)
 
 
-@asynccontextmanager
-async def hot_connection(engine: AsyncEngine) -> AsyncIterator[HotConnection]:
+def hot_connection(engine: AsyncEngine) -> AbstractAsyncContextManager[HotConnection]:
     """:func:`read_connection` for one statement on its own (a finish, a renewal, a
     batch's items); on asyncpg run by asyncpg itself, outside any transaction."""
     if not _runs_direct(engine):
-        async with read_connection(engine) as conn:
-            yield conn
-        return
-    async with direct_connection(engine) as direct:
-        yield direct
+        return read_connection(engine)
+    return direct_connection(engine)
 
 
 @asynccontextmanager
