@@ -9,6 +9,8 @@ whoever watches the engine's statements (echo, listeners) still sees them all.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -79,26 +81,35 @@ async def test_listeners_on_the_engine_still_see_every_statement(pg_only: Db) ->
     assert any(s.startswith("WITH finished") for s in seen)  # the finish
 
 
+@asynccontextmanager
+async def _waiting_for_the_job_lock(
+    db: Db, inv: Inventory, table: str
+) -> AsyncIterator[tuple[asyncio.Future[Any], int]]:
+    """An acquisition of job "j" (its first batch done) waiting for the job's row lock,
+    which another session holds until the block ends; and the waiting session's pid."""
+    first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+    assert first is not None
+    await first.success()
+    holder = await _lock_job_row(db, "j")
+    try:
+        waiting = asyncio.ensure_future(
+            inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
+        )
+        yield waiting, await db.blocked_session_pid()
+    finally:
+        await holder.rollback()
+        await holder.close()
+
+
 async def test_a_cancelled_acquisition_leaves_no_transaction_open(pg_only: Db) -> None:
     db = pg_only
     table = await db.create_meta(weights=[1] * 4)
     async with db.inventory(pool_size=1) as inv:
-        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
-        assert first is not None
-        await first.success()
-        holder = await _lock_job_row(db, "j")
-        try:
-            waiting = asyncio.ensure_future(
-                inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
-            )
-            await db.blocked_session_pid()  # the acquisition waits for the row lock
+        async with _waiting_for_the_job_lock(db, inv, table) as (waiting, _):
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
             assert await _idle_in_transaction(db) == 0
-        finally:
-            await holder.rollback()
-            await holder.close()
         # the one pooled connection is usable: the next acquisition takes id 2
         second = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
         assert second is not None and (second.range_start, second.range_end) == (2, 2)
@@ -109,21 +120,10 @@ async def test_a_killed_session_is_a_backend_error_and_is_not_pooled_again(pg_on
     db = pg_only
     table = await db.create_meta(weights=[1] * 4)
     async with db.inventory(pool_size=1) as inv:
-        first = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
-        assert first is not None
-        await first.success()
-        holder = await _lock_job_row(db, "j")
-        try:
-            waiting = asyncio.ensure_future(
-                inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
-            )
-            pid = await db.blocked_session_pid()
+        async with _waiting_for_the_job_lock(db, inv, table) as (waiting, pid):
             await db.scalar("SELECT pg_terminate_backend(:pid)", pid=pid)
             with pytest.raises(BackendError, match="acquiring a batch of job 'j' failed"):
                 await asyncio.wait_for(waiting, 30)
-        finally:
-            await holder.rollback()
-            await holder.close()
         second = await inv.acquire_batch(source_table=table, job_identifier="j", weight=1)
         assert second is not None and (second.range_start, second.range_end) == (2, 2)
         await second.success()
