@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from asyncpg.transaction import Transaction  # type: ignore[import-untyped]
 
-from pybatchintory import Inventory
+from pybatchintory import Inventory, Job
 from pybatchintory._direct import _CACHES
 from pybatchintory.exceptions import BackendError
 from tests.conftest import Db
@@ -259,3 +259,48 @@ async def test_after_a_server_restart_one_call_fails_and_the_pool_heals(pg_only:
             await batch.success()
     assert len(failures) <= 1, failures
     assert all(isinstance(f, BackendError) for f in failures), failures
+
+
+async def test_items_of_every_common_type_come_back_as_sqlalchemy_reads_them(
+    pg_only: Db,
+) -> None:
+    # Items are read by asyncpg itself where SQLAlchemy would not convert a column's
+    # values, and through SQLAlchemy where it would (an ARRAY, say): either way a
+    # worker gets what a plain SQLAlchemy read of the rows gives.
+    db = pg_only
+    t = f'"{db.schema}".typed'
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                f"CREATE TABLE {t} (id bigserial PRIMARY KEY, weight float8, doc jsonb, "
+                "raw json, amount numeric(12, 3), at timestamptz, day date, ref uuid, "
+                "tags text[], counts int[], addr inet, flag boolean, blob bytea, span interval)"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO {t} (weight, doc, raw, amount, at, day, ref, tags, counts, addr, "
+                "flag, blob, span) VALUES (1.5, '{\"a\": [1, 2]}', '{\"b\": null}', 12.345, "
+                "'2024-03-01 12:00:00+02', '2024-03-01', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', "
+                "'{x,y}', '{1,2}', '10.0.0.1', true, '\\x0102', '1 day 2 hours'), "
+                "(2, 'null', '[]', NULL, NULL, NULL, NULL, '{}', NULL, NULL, false, NULL, NULL)"
+            )
+        )
+    async with db.engine.connect() as conn:
+        table = await conn.run_sync(
+            lambda sync: sa.Table("typed", sa.MetaData(), schema=db.schema, autoload_with=sync)
+        )
+        rows = [dict(r._mapping) for r in await conn.execute(sa.select(table).order_by(table.c.id))]
+    arrays = {"tags", "counts"}
+    plain = [c for c in rows[0] if c not in arrays]
+    async with db.inventory() as inv:
+        for name, columns, direct in (("plain", plain, True), ("all", list(rows[0]), False)):
+            job = Job(name, source_table=f"{db.schema}.typed", item_columns=columns)
+            assert (await inv.storage.source(job))._plain_items is direct
+            batch = await inv.acquire_batch(job)
+            assert batch is not None
+            await batch.success()
+            expected = [{c: row[c] for c in columns} for row in rows]
+            assert batch.items == expected, name
+            got_types = [type(v) for v in batch.items[0].values()]
+            assert got_types == [type(v) for v in expected[0].values()], name
