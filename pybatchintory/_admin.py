@@ -56,10 +56,10 @@ async def list_batches(
     async with store.reading(f"listing the batches of job {job!r}") as conn:
         await job_row(conn, store.tables, job)  # an unknown job is a mistake, not "none"
         rows = (await conn.execute(query.order_by(b.c.id.desc()).limit(limit))).all()
-    return [_info(r) for r in rows]
+    return [_info(r, r.last_log) for r in rows]
 
 
-def _info(r: Any) -> BatchInfo:
+def _info(r: Any, last_log: str | None) -> BatchInfo:
     return BatchInfo(
         id=int(r.id),
         job_identifier=r.job_identifier,
@@ -76,7 +76,7 @@ def _info(r: Any) -> BatchInfo:
         processing_end=r.processing_end,
         lease_expires_at=r.lease_expires_at,
         retry_after=r.retry_after,
-        last_log=r.last_log,
+        last_log=last_log,
     )
 
 
@@ -119,34 +119,38 @@ async def _take_from_worker(
                     "running batch can be released or expired"
                 )
             now = db_now(dialect)
-            await conn.execute(
-                sa.update(b)
-                .where(b.c.id == batch_id, b.c.attempt == row.attempt, b.c.status == "running")
-                .values(
-                    status=outcome,
-                    processing_end=now,
-                    lease_expires_at=None,
-                    retry_after=None,  # an operator's expiry: due at once
-                    max_attempts=b.c.max_attempts + (1 if outcome == "released" else 0),
+            taken = (
+                await conn.execute(
+                    sa.update(b)
+                    .where(b.c.id == batch_id, b.c.attempt == row.attempt, b.c.status == "running")
+                    .values(
+                        status=outcome,
+                        processing_end=now,
+                        lease_expires_at=None,
+                        retry_after=None,  # an operator's expiry: due at once
+                        max_attempts=b.c.max_attempts + (1 if outcome == "released" else 0),
+                    )
+                    .returning(b)
                 )
-            )
+            ).first()
+            if taken is None:  # its worker finished it since the read (no job lock there)
+                raise BatchStateError(
+                    f"batch {batch_id} of job {job!r} was finished by its worker just now: "
+                    "only a running batch can be released or expired"
+                )
             await conn.execute(
                 sa.update(logs)
                 .where(logs.c.id == batch_id, logs.c.attempt == row.attempt)
                 .where(logs.c.status == "running")
                 .values(status=outcome, processing_end=now, logging=text)
             )
-            return (
-                await conn.execute(
-                    sa.select(b, sa.literal(text).label("last_log")).where(b.c.id == batch_id)
-                )
-            ).one()
+            return taken
 
     async with backend_errors(
         f"taking batch {batch_id} of job {job!r} from its worker", store.engine
     ):
         row = await retry_transient(take)
-    info = _info(row)
+    info = _info(row, last_log=text)
     logger.warning(
         "batch %s of job %s (ids %s..%s, attempt %s) %s; its worker gets BatchLostError",
         batch_id,

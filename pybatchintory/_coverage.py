@@ -22,12 +22,19 @@ from ._storage import Storage
 from .exceptions import BackendError, InvalidArgumentError, UnknownTableError
 from .job import Job
 
-__all__ = ["STATES", "coverage_diff", "job_coverage"]
+__all__ = [
+    "STATES",
+    "coverage_diff",
+    "coverage_window",
+    "generation_of",
+    "job_coverage",
+    "state_of",
+]
 
 STATES = ("succeeded", "running", "retry_wait", "out_of_attempts", "released", "not_taken")
 
 
-def _state(row: Any) -> str:
+def state_of(row: Any) -> str:
     if row.status == "failed":
         return "retry_wait" if row.attempt < row.max_attempts else "out_of_attempts"
     return str(row.status)
@@ -52,7 +59,7 @@ async def job_coverage(
 ) -> Coverage:
     """The coverage of ``job`` (see :class:`Coverage`)."""
     definition, row, _ = await store.job_of(job)
-    gen = _generation(row, generation)
+    gen = generation_of(row, generation)
     if _timed(definition, since, until):
         # the time window's ids, within the id window given (or the job's)
         ids = await _time_window_ids(store, definition, time_column, since, until)
@@ -66,7 +73,7 @@ async def job_coverage(
         if ids is None or id_start > id_end:  # type: ignore[operator]
             cursor = None if row is None else row.cursor
             return Coverage(definition.job_identifier, gen, cursor, None, None, ())
-    lo, hi = await _window(store, definition, row, gen, id_start, id_end)
+    lo, hi = await coverage_window(store, definition, row, gen, id_start, id_end)
     return await _coverage(store, definition, row, gen, lo, hi)
 
 
@@ -110,9 +117,9 @@ async def coverage_diff(
             f"sources ({' '.join(_source_of(job_a, row_a))} and "
             f"{' '.join(_source_of(job_b, row_b))}): their ids cannot be compared"
         )
-    gen_a, gen_b = _generation(row_a, None), _generation(row_b, None)
-    lo_a, hi_a = await _window(store, job_a, row_a, gen_a, id_start, id_end)
-    lo_b, hi_b = await _window(store, job_b, row_b, gen_b, id_start, id_end)
+    gen_a, gen_b = generation_of(row_a, None), generation_of(row_b, None)
+    lo_a, hi_a = await coverage_window(store, job_a, row_a, gen_a, id_start, id_end)
+    lo_b, hi_b = await coverage_window(store, job_b, row_b, gen_b, id_start, id_end)
     lo = min((v for v in (lo_a, lo_b) if v is not None), default=None)
     hi = max((v for v in (hi_a, hi_b) if v is not None), default=None)
     cov_a = await _coverage(store, job_a, row_a, gen_a, lo, hi)
@@ -136,7 +143,7 @@ def _source_of(job: Job, row: Any | None) -> tuple[str, str]:
     return "table", str(job.source_table)
 
 
-def _generation(row: Any | None, generation: int | None) -> int:
+def generation_of(row: Any | None, generation: int | None) -> int:
     if generation is not None:
         if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
             raise InvalidArgumentError(
@@ -146,7 +153,7 @@ def _generation(row: Any | None, generation: int | None) -> int:
     return 0 if row is None else int(row.generation)
 
 
-async def _window(
+async def coverage_window(
     store: Storage,
     job: Job,
     row: Any | None,
@@ -270,7 +277,7 @@ def _segments(rows: Sequence[Any], lo: int, hi: int) -> list[CoverageSegment]:
             continue  # out of the window (or overlapping: never within one generation)
         if start > pos:
             add("not_taken", pos, start - 1, 0, 0, 0.0)
-        add(_state(r), start, end, 1, int(r.item_count), float(r.weight))
+        add(state_of(r), start, end, 1, int(r.item_count), float(r.weight))
         pos = end + 1
     if pos <= hi:
         add("not_taken", pos, hi, 0, 0, 0.0)

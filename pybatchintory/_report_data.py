@@ -2,7 +2,7 @@
 (docs/report.md): the coverage bar's columns, throughput and duration buckets, and the
 newest failed batches.
 
-The bar's states are the coverage's: each state is named by ``_coverage._state`` (the
+The bar's states are the coverage's: each state is named by ``_coverage.state_of`` (the
 function that names the segments of ``coverage``), applied to the batches or, past
 ``EXACT_BATCHES`` batches in the window, to groups of batches that share the columns it
 reads; a state added there shows up here.
@@ -15,8 +15,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ._coverage import _generation, _window, job_coverage
-from ._coverage import _state as state_of
+from ._coverage import coverage_window, generation_of, job_coverage, state_of
 from ._dialects import dialect_named
 from ._reports import Coverage
 from ._storage import Storage
@@ -45,7 +44,7 @@ FAILED_SHOWN = 50
 # past it the database groups the batches by column first (a million rows are not
 # worth sending to Python to draw 600 columns).
 EXACT_BATCHES = 20_000
-# The batch columns ``_coverage._state`` reads: the database groups batches by them.
+# The batch columns ``_coverage.state_of`` reads: the database groups batches by them.
 STATE_COLUMNS = ("status", "attempt", "max_attempts")
 
 # A column of many ids shows two things: the state most of its ids are in (the bar),
@@ -188,8 +187,8 @@ async def coverage_bar(
 ) -> Bar:
     """The job's coverage bar over its window (current generation)."""
     job, row, _ = await store.job_of(name)
-    generation = _generation(row, None)
-    lo, hi = await _window(store, job, row, generation, None, None)
+    generation = generation_of(row, None)
+    lo, hi = await coverage_window(store, job, row, generation, None, None)
     if lo is None or hi is None or lo > hi or row is None:
         return fold(await job_coverage(store, name), pixels)
     b = store.tables.batches
