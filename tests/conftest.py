@@ -24,6 +24,7 @@ Every test that uses the ``db`` fixture, or calls ``require_postgres()`` before 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -65,11 +66,6 @@ T = TypeVar("T")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-_pg_problem: str | None = None
-_pg_checked = False
-_mysql_problem: str | None = None
-_mysql_checked = False
-
 
 def run_aside(coroutine: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine to completion from synchronous test code, on an event loop of a
@@ -84,29 +80,38 @@ def run_aside(coroutine: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
+async def _select_one(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+def _unreachable(
+    server: str, shown_url: str, probe: Callable[[], Awaitable[None]], seconds: float
+) -> str | None:
+    """Why ``probe`` of ``server`` failed within ``seconds``, or None when it answered."""
+    try:
+        run_aside(lambda: asyncio.wait_for(probe(), seconds))
+    except Exception as exc:  # any failure means "no server"
+        return f"{server} at {shown_url} unreachable: {type(exc).__name__}: {exc}"
+    return None
+
+
+@functools.cache
 def postgres_problem() -> str | None:
-    """Why PostgreSQL cannot be used, or None when it answers."""
-    global _pg_checked, _pg_problem
-    if not _pg_checked:
-        _pg_checked = True
+    """Why PostgreSQL cannot be used, or None when it answers (probed once)."""
 
-        async def probe() -> None:
-            if PG_URL != BASE_PG_URL:
-                await _create_database_if_missing(BASE_PG_URL, make_url(PG_URL).database)
-            engine = create_async_engine(PG_URL)
-            try:
-                async with engine.connect() as conn:
-                    await conn.execute(sa.text("SELECT 1"))
-            finally:
-                await engine.dispose()
+    async def probe() -> None:
+        if PG_URL != BASE_PG_URL:
+            await _create_database_if_missing(BASE_PG_URL, make_url(PG_URL).database)
+        await _select_one(PG_URL)
 
-        try:
-            # CREATE DATABASE on a busy machine can take seconds: more time when it may run.
-            run_aside(lambda: asyncio.wait_for(probe(), 10 if PG_URL == BASE_PG_URL else 30))
-        except Exception as exc:  # any failure means "no server"
-            shown = make_url(PG_URL).render_as_string(hide_password=True)
-            _pg_problem = f"PostgreSQL at {shown} unreachable: {type(exc).__name__}: {exc}"
-    return _pg_problem
+    shown = make_url(PG_URL).render_as_string(hide_password=True)
+    # CREATE DATABASE on a busy machine can take seconds: more time when it may run.
+    return _unreachable("PostgreSQL", shown, probe, 10 if PG_URL == BASE_PG_URL else 30)
 
 
 async def _create_database_if_missing(server_url: str, name: str | None) -> None:
@@ -129,43 +134,28 @@ async def _create_database_if_missing(server_url: str, name: str | None) -> None
         await engine.dispose()
 
 
-def require_postgres() -> None:
-    problem = postgres_problem()
+@functools.cache
+def mysql_problem() -> str | None:
+    """Why MySQL/MariaDB cannot be used, or None when it answers (probed once)."""
+    return _unreachable("MySQL", MYSQL_URL, lambda: _select_one(MYSQL_URL), 10)
+
+
+def _require(problem: str | None, suite: str) -> None:
+    """Skip without the server; under CI=true fail instead, so CI never passes by
+    skipping."""
     if problem is None:
         return
     if IN_CI:
-        pytest.fail(f"CI=true but {problem}; CI must run the PostgreSQL suite", pytrace=False)
+        pytest.fail(f"CI=true but {problem}; CI must run the {suite} suite", pytrace=False)
     pytest.skip(problem)
 
 
-def mysql_problem() -> str | None:
-    """Why MySQL/MariaDB cannot be used, or None when it answers."""
-    global _mysql_checked, _mysql_problem
-    if not _mysql_checked:
-        _mysql_checked = True
-
-        async def probe() -> None:
-            engine = create_async_engine(MYSQL_URL)
-            try:
-                async with engine.connect() as conn:
-                    await conn.execute(sa.text("SELECT 1"))
-            finally:
-                await engine.dispose()
-
-        try:
-            run_aside(lambda: asyncio.wait_for(probe(), 10))
-        except Exception as exc:  # any failure means "no server"
-            _mysql_problem = f"MySQL at {MYSQL_URL} unreachable: {type(exc).__name__}: {exc}"
-    return _mysql_problem
+def require_postgres() -> None:
+    _require(postgres_problem(), "PostgreSQL")
 
 
 def require_mysql() -> None:
-    problem = mysql_problem()
-    if problem is None:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true but {problem}; CI must run the MySQL/MariaDB suite", pytrace=False)
-    pytest.skip(problem)
+    _require(mysql_problem(), "MySQL/MariaDB")
 
 
 def job_options_of(inv: Inventory) -> dict[str, Any]:
