@@ -329,13 +329,17 @@ class LibraryCycler:
     at id 1), so that any number of cycles can be measured on any table.
     """
 
-    def __init__(self, inv: Inventory, source_table: str, job: str = JOB) -> None:
+    def __init__(self, inv: Inventory, source_table: str, job: str = JOB, **options: Any) -> None:
         self.inv, self.source_table, self.job, self.jobs_used = inv, source_table, job, 1
+        self.options = options  # more of the job's options (horizon=None, say)
 
     async def cycle(self) -> None:
         for _ in range(2):
             batch = await self.inv.acquire_batch(
-                source_table=self.source_table, job_identifier=self.job, weight=BATCH_ITEMS
+                source_table=self.source_table,
+                job_identifier=self.job,
+                weight=BATCH_ITEMS,
+                **self.options,
             )
             if batch is not None:
                 assert len(batch.items) == batch.item_count

@@ -72,26 +72,6 @@ async def mysql_meta_table(rows: int) -> str:
     return name
 
 
-class Cycler(c.LibraryCycler):
-    """The library's cycle, with the exact horizon off (it is refused on MySQL)."""
-
-    async def cycle(self) -> None:
-        for _ in range(2):
-            batch = await self.inv.acquire_batch(
-                source_table=self.source_table,
-                job_identifier=self.job,
-                weight=c.BATCH_ITEMS,
-                horizon=None,
-            )
-            if batch is not None:
-                assert len(batch.items) == batch.item_count
-                await batch.success()
-                return
-            self.jobs_used += 1
-            self.job = f"{c.JOB}_{self.jobs_used}"
-        raise RuntimeError(f"the metadata table {self.source_table} is empty")
-
-
 async def main() -> None:
     args = c.arguments(__doc__ or "")
     reps = args.reps or 5
@@ -106,7 +86,8 @@ async def main() -> None:
             for kind, (meta_url, table) in sources.items():
                 inv = c.Inventory(inventory_url=c.PG_URL, meta_url=meta_url, schema_name=schema)
                 async with inv:
-                    cycler = Cycler(inv, table, job=f"{c.JOB}_{kind}_{rep}")
+                    # the exact horizon is refused on MySQL
+                    cycler = c.LibraryCycler(inv, table, f"{c.JOB}_{kind}_{rep}", horizon=None)
                     await cycler.cycle()  # warm: reflection, pools
                     timings[kind].append(await c.ms_per_cycle(cycler.cycle, cycles))
     finally:
