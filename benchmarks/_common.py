@@ -46,6 +46,7 @@ CACHE_DIR = Path(
 META_SCHEMA = "bench_meta"
 BATCH_ITEMS = 100  # every item weighs 1, so a weight budget of 100 gives 100-item batches
 JOB = "bench_job"
+KINDS = ("postgresql", "sqlite")  # what --db both means
 
 
 def pg_dsn(url: str = PG_URL) -> str:

@@ -53,10 +53,10 @@ async def one(kind: str, batches: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--db", choices=[*c.KINDS, "both"], default="both")
     parser.add_argument("--batches", type=int, default=40_000)
     args = parser.parse_args()
-    kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
+    kinds = c.KINDS if args.db == "both" else (args.db,)
     for kind in kinds:
         small = asyncio.run(one(kind, args.batches))
         large = asyncio.run(one(kind, 10 * args.batches))

@@ -58,10 +58,10 @@ async def bench(kind: str, batches: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--db", choices=[*c.KINDS, "both"], default="both")
     parser.add_argument("--batches", type=int, default=1_000_000)
     args = parser.parse_args()
-    kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
+    kinds = c.KINDS if args.db == "both" else (args.db,)
     for kind in kinds:
         asyncio.run(bench(kind, args.batches))
 

@@ -85,12 +85,12 @@ async def bench(kind: str, batches: int, reps: int, out: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--db", choices=[*c.KINDS, "both"], default="both")
     parser.add_argument("--batches", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", help="write the page here too")
     args = parser.parse_args()
-    kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
+    kinds = c.KINDS if args.db == "both" else (args.db,)
     for kind in kinds:
         asyncio.run(bench(kind, args.batches, args.reps, args.out))
 

@@ -97,7 +97,7 @@ async def bench(kind: str, small: int, large: int, reps: int, scattered: bool) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--db", choices=[*c.KINDS, "both"], default="both")
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--large", type=int, default=1_000_000)
     parser.add_argument("--reps", type=int, default=50)
@@ -108,7 +108,7 @@ def main() -> None:
         "batches grow with the history (default: the same four unfinished batches in both)",
     )
     args = parser.parse_args()
-    kinds = ["postgresql", "sqlite"] if args.db == "both" else [args.db]
+    kinds = c.KINDS if args.db == "both" else (args.db,)
     rows = []
     for kind in kinds:
         rows += asyncio.run(bench(kind, args.small, args.large, args.reps, args.scattered))
