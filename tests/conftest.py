@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pybatchintory import Inventory
+from pybatchintory import Batch, Inventory
 
 BASE_PG_URL = os.environ.get(
     "PYBATCHINTORY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -272,6 +272,40 @@ class Db:
                 return int(pid)
             assert time.monotonic() < deadline, "no session of ours ever waited for the lock"
             await asyncio.sleep(0.02)
+
+
+async def cancel_after(
+    acquisition: Awaitable[Batch | None], delay: float, outcomes: dict[str, int]
+) -> None:
+    """Run ``acquisition`` and cancel it ``delay`` seconds in; count it in ``outcomes``
+    as ``cancelled`` or ``acquired``, recording success of a batch it still handed out."""
+    task = asyncio.ensure_future(acquisition)
+    await asyncio.sleep(delay)
+    task.cancel()
+    try:
+        batch = await task
+    except asyncio.CancelledError:
+        outcomes["cancelled"] += 1
+        return
+    outcomes["acquired"] += 1
+    assert batch is not None
+    await batch.success()
+
+
+async def cancel_while_processing(batch: Batch) -> None:
+    """Cancel a task while its ``async with batch`` body runs, and see it end cancelled."""
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with batch:
+            started.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(work())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

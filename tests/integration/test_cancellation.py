@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pybatchintory import Inventory
 from tests.acceptance._worker import check_job_invariants
-from tests.conftest import Db
+from tests.conftest import Db, cancel_while_processing
 
 
 async def idle_in_transaction(db: Db) -> list[str]:
@@ -124,18 +124,7 @@ async def test_cancelling_the_body_of_async_with_releases_the_batch(db: Db) -> N
     async with db.inventory() as inv:
         batch = await inv.acquire_batch(source_table=table, job_identifier="j")
         assert batch is not None
-        entered = asyncio.Event()
-
-        async def work() -> None:
-            async with batch:
-                entered.set()
-                await asyncio.sleep(3600)
-
-        task = asyncio.ensure_future(work())
-        await entered.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_while_processing(batch)
         assert batch.status == "released"
         await assert_nothing_held(db, inv)
         again = await inv.acquire_batch(source_table=table, job_identifier="j")

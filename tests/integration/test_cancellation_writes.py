@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pybatchintory import Batch
-from tests.conftest import Db
+from tests.conftest import Db, cancel_after
 
 
 async def _cancel_after(delay: float, call: Callable[[], Awaitable[Any]]) -> bool:
@@ -122,17 +122,7 @@ async def test_cancelled_acquisitions_leave_no_batch_running_without_an_owner(db
             return await inv.acquire_batch(**acquire, load_items=load_items)
 
         for i in range(300):
-            task = asyncio.ensure_future(one(load_items=bool(i % 3)))
-            await asyncio.sleep(rng.uniform(0, span))
-            task.cancel()
-            try:
-                batch = await task
-            except asyncio.CancelledError:
-                outcomes["cancelled"] += 1
-            else:
-                outcomes["acquired"] += 1
-                assert batch is not None
-                await batch.success()
+            await cancel_after(one(load_items=bool(i % 3)), rng.uniform(0, span), outcomes)
             assert await _running(db) == 0, f"a batch was left running after {outcomes}"
     assert outcomes["cancelled"] > 30
     # Refunded, not counted: no batch used up its attempts on cancellations.

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Db
+from tests.conftest import Db, cancel_after
 
 # sqlite3 connections opened while a test watches (sqlite3.connect/handle, an audit
 # event of Python 3.10+). Held strongly, so that a connection nobody closed is still
@@ -72,17 +72,8 @@ async def test_acquisitions_cancelled_while_connecting_leave_nothing_behind(db: 
         with sqlite_connections_opened() as opened:
             async with db.inventory(engine_options={"poolclass": "NullPool"}) as inv:
                 for _ in range(150):
-                    task = asyncio.ensure_future(inv.acquire_batch(**acquire, load_items=False))
-                    await asyncio.sleep(rng.uniform(0, 0.006))
-                    task.cancel()
-                    try:
-                        batch = await task
-                    except asyncio.CancelledError:
-                        outcomes["cancelled"] += 1
-                    else:
-                        outcomes["acquired"] += 1
-                        assert batch is not None
-                        await batch.success()
+                    acquisition = inv.acquire_batch(**acquire, load_items=False)
+                    await cancel_after(acquisition, rng.uniform(0, 0.006), outcomes)
             gc.collect()  # an unretrieved future is reported when it is collected
             await asyncio.sleep(0)
     finally:

@@ -4,7 +4,6 @@ is never counted or shown as a failure; the next acquisition takes it again at o
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import anyio
 import pytest
 
 from pybatchintory import Inventory, Job
-from tests.conftest import Db
+from tests.conftest import Db, cancel_while_processing
 from tests.integration.test_cli import ROOT, cli, ok_json
 
 
@@ -91,18 +90,7 @@ async def test_a_cancelled_body_releases_its_batch(db: Db) -> None:
     table = await db.create_meta(weights=[1] * 4)
     async with db.inventory() as inv:
         batch = await take(inv, table)
-        started = asyncio.Event()
-
-        async def work() -> None:
-            async with batch:  # type: ignore[attr-defined]
-                started.set()
-                await asyncio.sleep(60)
-
-        task = asyncio.create_task(work())
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_while_processing(batch)  # type: ignore[arg-type]
         await assert_released_then_replayed(db, inv, table, batch.id)  # type: ignore[attr-defined]
 
 
