@@ -84,9 +84,6 @@ class DirectResult:
     def scalar(self) -> Any:
         return self._rows[0][0] if self._rows else None
 
-    def scalars(self) -> list[Any]:
-        return [row[0] for row in self._rows]
-
 
 @dataclass(frozen=True)
 class _Compiled:
